@@ -1,0 +1,17 @@
+"""Mask2Former in JAX and Flax NNX: universal image segmentation that reproduces HF checkpoints."""
+
+from m2f_jax.config import Mask2FormerConfig, SwinConfig, preset, preset_names
+from m2f_jax.modeling import Mask2FormerForUniversalSegmentation, Mask2FormerOutput
+from m2f_jax.weights import convert_hf, from_pretrained, save_model
+
+__all__ = [
+    "Mask2FormerConfig",
+    "Mask2FormerForUniversalSegmentation",
+    "Mask2FormerOutput",
+    "SwinConfig",
+    "convert_hf",
+    "from_pretrained",
+    "preset",
+    "preset_names",
+    "save_model",
+]

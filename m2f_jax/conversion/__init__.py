@@ -1,0 +1,1 @@
+"""Importing weights from other implementations (Hugging Face checkpoints for now)."""

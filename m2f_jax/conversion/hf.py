@@ -1,0 +1,165 @@
+"""Hugging Face Mask2Former checkpoints -> the parameters of our Flax model.
+
+A checkpoint's keys (the hub names that `save_pretrained` writes) map onto our parameter paths by
+a table of renames, plus the layout changes: Linear (out, in) -> (in, out), Conv OIHW -> HWIO,
+norm `weight` -> `scale`, and the cross-attention's fused `in_proj` split into q, k and v. Every
+key is checked both ways and every shape, and a mismatch fails with the full list.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+from typing import Mapping
+
+import numpy as np
+
+from m2f_jax.config import Mask2FormerConfig
+
+# Keys that checkpoints carry but the model does not use: the loss's class weights, Swin's
+# index buffers (recomputed from the window size), and SwinModel's final norm, which the
+# backbone bypasses (HF ignores it too).
+IGNORED_KEYS = (
+    r"^criterion\.empty_weight$",
+    r"\.relative_position_index$",
+    r"^model\.pixel_level_module\.encoder\.swin\.layernorm\.",
+    r"num_batches_tracked$",
+)
+
+# (pattern, replacement) applied in order to every hub key.
+RENAMES = (
+    (r"\.attention\.self\.query\.", ".attention.q_proj."),
+    (r"\.attention\.self\.key\.", ".attention.k_proj."),
+    (r"\.attention\.self\.value\.", ".attention.v_proj."),
+    (r"\.attention\.self\.relative_position_bias_table$", ".attention.relative_position_bias_table"),
+    (r"\.attention\.output\.dense\.", ".attention.o_proj."),
+    (r"\.blocks\.(\d+)\.intermediate\.dense\.", r".blocks.\1.mlp.fc1."),
+    (r"\.blocks\.(\d+)\.output\.dense\.", r".blocks.\1.mlp.fc2."),
+    (r"(pixel_level_module\.decoder\.input_projections\.\d+)\.0\.", r"\1.conv."),
+    (r"(pixel_level_module\.decoder\.input_projections\.\d+)\.1\.", r"\1.norm."),
+    (r"\.adapter_(\d+)\.0\.", lambda m: f".lateral_convs.{int(m[1]) - 1}.conv."),
+    (r"\.adapter_(\d+)\.1\.", lambda m: f".lateral_convs.{int(m[1]) - 1}.norm."),
+    (r"\.layer_(\d+)\.0\.", lambda m: f".output_convs.{int(m[1]) - 1}.conv."),
+    (r"\.layer_(\d+)\.1\.", lambda m: f".output_convs.{int(m[1]) - 1}.norm."),
+    (r"\.mask_embedder\.(\d+)\.0\.", r".mask_embedder.layers.\1."),
+    (r"transformer_module\.(queries_embedder|queries_features|level_embed)\.weight$", r"transformer_module.\1.embedding"),
+)
+
+
+class CheckpointMismatch(ValueError):
+    """The checkpoint does not fit the model its config describes."""
+
+
+def _leaf(name: str, array: np.ndarray) -> tuple[str, np.ndarray]:
+    """Renames a parameter leaf and converts its layout."""
+    if name.endswith(".weight"):
+        base = name[: -len(".weight")]
+        if array.ndim == 4:  # conv OIHW -> HWIO
+            return base + ".kernel", array.transpose(2, 3, 1, 0)
+        if array.ndim == 2:  # linear (out, in) -> (in, out)
+            return base + ".kernel", array.T
+        if array.ndim == 1:  # LayerNorm / GroupNorm
+            return base + ".scale", array
+    return name, array
+
+
+def hf_to_flax(state_dict: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Maps a hub state dict to {our dotted parameter path: array}; also returns the ignored keys."""
+    params: dict[str, np.ndarray] = {}
+    ignored = []
+    for key, array in state_dict.items():
+        array = np.asarray(array)
+        if any(re.search(p, key) for p in IGNORED_KEYS):
+            ignored.append(key)
+            continue
+        name = key
+        for pattern, replacement in RENAMES:
+            name = re.sub(pattern, replacement, name)
+        if name.endswith(".cross_attn.in_proj_weight") or name.endswith(".cross_attn.in_proj_bias"):
+            prefix = name.rsplit(".", 1)[0]
+            kind = "kernel" if name.endswith("weight") else "bias"
+            for proj, part in zip(("q_proj", "k_proj", "v_proj"), np.split(array, 3, axis=0)):
+                params[f"{prefix}.{proj}.{kind}"] = part.T if kind == "kernel" else part
+            continue
+        name, array = _leaf(name, array)
+        params[name] = array
+    return params, ignored
+
+
+def check_params(params: Mapping[str, np.ndarray], expected: Mapping[str, tuple[int, ...]]) -> None:
+    """Raises CheckpointMismatch naming every missing, unexpected and mis-shaped parameter."""
+    missing = sorted(set(expected) - set(params))
+    unexpected = sorted(set(params) - set(expected))
+    misshaped = sorted(
+        f"{k}: checkpoint {tuple(params[k].shape)} vs model {tuple(expected[k])}"
+        for k in set(params) & set(expected)
+        if tuple(params[k].shape) != tuple(expected[k])
+    )
+    if missing or unexpected or misshaped:
+        lines = ["the checkpoint does not match the model its config describes:"]
+        for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+            if items:
+                lines.append(f"  {len(items)} {title}:")
+                lines.extend(f"    {item}" for item in items)
+        raise CheckpointMismatch("\n".join(lines))
+
+
+# ------------------------------------------------------------------------------ reading sources
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def is_hf_folder(path: str) -> bool:
+    return os.path.isdir(path) and any(os.path.isfile(os.path.join(path, f)) for f in WEIGHT_FILES)
+
+
+def download(repo_id: str, revision: str | None = None) -> str:
+    """Fetches config.json and the weights of a hub repository; returns the local folder."""
+    try:
+        import huggingface_hub
+    except ImportError as e:  # pragma: no cover - huggingface_hub is a dependency
+        raise ImportError("downloading from the hub needs huggingface_hub (pip install huggingface_hub)") from e
+    files = set(huggingface_hub.list_repo_files(repo_id, revision=revision))
+    if "config.json" not in files:
+        raise FileNotFoundError(f"{repo_id} has no config.json")
+    weights = [f for f in WEIGHT_FILES if f in files]
+    if not weights:
+        raise FileNotFoundError(f"{repo_id} has none of {WEIGHT_FILES}")
+    patterns = ["*.json", "model*.safetensors"] if weights[0].startswith("model.") else ["*.json", "pytorch_model*.bin"]
+    return huggingface_hub.snapshot_download(repo_id, revision=revision, allow_patterns=patterns)
+
+
+def read_state_dict(folder: str) -> dict[str, np.ndarray]:
+    """All tensors of a `save_pretrained` folder as numpy arrays (safetensors preferred; .bin needs torch)."""
+    shards = sorted(glob.glob(os.path.join(folder, "model*.safetensors")))
+    if shards:
+        from safetensors.numpy import load_file
+
+        state = {}
+        for shard in shards:
+            state.update(load_file(shard))
+        return state
+    bins = sorted(glob.glob(os.path.join(folder, "pytorch_model*.bin")))
+    if bins:
+        try:
+            import torch
+        except ImportError as e:
+            raise ImportError(f"{folder} holds PyTorch .bin weights, which need torch to read (pip install torch)") from e
+        state = {}
+        for shard in bins:
+            for k, v in torch.load(shard, map_location="cpu", weights_only=True).items():
+                state[k] = v.float().numpy() if v.is_floating_point() else v.numpy()
+        return state
+    raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in {folder}")
+
+
+def load_hf_checkpoint(source: str, revision: str | None = None) -> tuple[Mask2FormerConfig, dict[str, np.ndarray], str]:
+    """(config, hub-named state dict, local folder) from a `save_pretrained` folder or a hub id."""
+    folder = source if os.path.isdir(source) else download(source, revision)
+    config = Mask2FormerConfig.load(folder)
+    with open(os.path.join(folder, "config.json")) as f:
+        architectures = json.load(f).get("architectures") or []
+    if architectures and "Mask2FormerForUniversalSegmentation" not in architectures:
+        raise ValueError(f"{source}: expected Mask2FormerForUniversalSegmentation weights, got {architectures}")
+    return config, read_state_dict(folder), folder

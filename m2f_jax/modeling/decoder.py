@@ -1,0 +1,179 @@
+"""The masked-attention transformer decoder.
+
+Learnable queries attend, layer by layer, to one scale of the pixel decoder's memories (cycling
+stride 32 -> 16 -> 8), each only inside the mask that the previous prediction gave it
+(sigmoid(logit) >= 0.5 after bilinear resizing; a query with an empty mask attends everywhere).
+Order per layer: masked cross-attention -> self-attention -> FFN. A prediction (class logits and
+mask logits) is made from the queries before the first layer and after every layer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from m2f_jax.config import Mask2FormerConfig
+from m2f_jax.modeling.pixel_decoder import NUM_LEVELS
+from m2f_jax.modeling.position import sine_position_embedding
+from m2f_jax.modeling.precision import widen
+from m2f_jax.modeling.resize import resize_bilinear
+
+
+def _layer_norm(dim: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    return nnx.LayerNorm(dim, epsilon=1e-5, use_fast_variance=False, rngs=rngs)
+
+
+class MultiHeadAttention(nnx.Module):
+    """Attention with position embeddings added to queries and keys (not values), as in DETR.
+
+    `blocked` (B, heads or 1, Tq, Tk) marks query/key pairs that may not attend.
+    """
+
+    def __init__(self, dim: int, num_heads: int, dropout: float, *, rngs: nnx.Rngs):
+        self.num_heads = num_heads
+        self.q_proj = nnx.Linear(dim, dim, rngs=rngs)
+        self.k_proj = nnx.Linear(dim, dim, rngs=rngs)
+        self.v_proj = nnx.Linear(dim, dim, rngs=rngs)
+        self.out_proj = nnx.Linear(dim, dim, rngs=rngs)
+        self.dropout = nnx.Dropout(dropout, rngs=rngs)
+
+    def __call__(self, query, query_pos, key, key_pos, blocked=None, deterministic: bool = True):
+        b, tq, d = query.shape
+        hd = d // self.num_heads
+        q = self.q_proj(query + query_pos).reshape(b, tq, self.num_heads, hd) * hd**-0.5
+        k = self.k_proj(key + key_pos).reshape(b, -1, self.num_heads, hd)
+        v = self.v_proj(key).reshape(b, -1, self.num_heads, hd)
+        logits = widen(jnp.einsum("bqhd,bkhd->bhqk", q, k))
+        if blocked is not None:
+            logits = jnp.where(blocked, -jnp.inf, logits)
+        probs = self.dropout(jax.nn.softmax(logits, axis=-1), deterministic=deterministic).astype(v.dtype)
+        out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, tq, d)
+        return self.out_proj(out)
+
+
+class MaskedAttentionDecoderLayer(nnx.Module):
+    def __init__(self, config: Mask2FormerConfig, *, rngs: nnx.Rngs):
+        d, heads = config.hidden_dim, config.num_attention_heads
+        self.pre_norm = config.pre_norm
+        self.cross_attn = MultiHeadAttention(d, heads, config.dropout, rngs=rngs)
+        self.cross_attn_layer_norm = _layer_norm(d, rngs)
+        self.self_attn = MultiHeadAttention(d, heads, config.dropout, rngs=rngs)
+        self.self_attn_layer_norm = _layer_norm(d, rngs)
+        self.fc1 = nnx.Linear(d, config.dim_feedforward, rngs=rngs)
+        self.fc2 = nnx.Linear(config.dim_feedforward, d, rngs=rngs)
+        self.final_layer_norm = _layer_norm(d, rngs)
+        self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
+
+    def __call__(self, x, query_pos, memory, memory_pos, blocked, deterministic: bool):
+        def drop(y):
+            return self.dropout(y, deterministic=deterministic)
+
+        def ffn(y):
+            return drop(self.fc2(drop(jax.nn.relu(self.fc1(y)))))
+
+        if self.pre_norm:
+            y = self.cross_attn_layer_norm(x)
+            x = x + drop(self.cross_attn(y, query_pos, memory, memory_pos, blocked, deterministic))
+            y = self.self_attn_layer_norm(x)
+            x = x + drop(self.self_attn(y, query_pos, y, query_pos, None, deterministic))
+            return x + ffn(self.final_layer_norm(x))
+        x = x + drop(self.cross_attn(x, query_pos, memory, memory_pos, blocked, deterministic))
+        x = self.cross_attn_layer_norm(x)
+        x = self.self_attn_layer_norm(x + drop(self.self_attn(x, query_pos, x, query_pos, None, deterministic)))
+        return self.final_layer_norm(x + ffn(x))
+
+
+class MLP(nnx.Module):
+    """`num_layers` Linear layers with ReLU between them (the mask embedding head)."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int, *, rngs: nnx.Rngs):
+        dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
+        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(dims[:-1], dims[1:])])
+
+    def __call__(self, x):
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = jax.nn.relu(x)
+        return x
+
+
+class MaskPredictor(nnx.Module):
+    def __init__(self, config: Mask2FormerConfig, *, rngs: nnx.Rngs):
+        self.num_heads = config.num_attention_heads
+        self.mask_embedder = MLP(config.hidden_dim, config.hidden_dim, config.mask_feature_size, 3, rngs=rngs)
+
+    def __call__(self, queries, mask_features, attention_size):
+        """queries (B, Q, D), mask_features (B, H, W, C) -> mask logits (B, Q, H, W) and the
+        (B, 1, Q, h*w) blocked-key mask for the next layer's cross-attention at `attention_size`."""
+        embed = self.mask_embedder(queries)
+        logits = jnp.einsum("bqc,bhwc->bqhw", embed, mask_features)
+        small = resize_bilinear(jax.lax.stop_gradient(logits), attention_size, spatial_axes=(2, 3))
+        blocked = jax.nn.sigmoid(widen(small)).reshape(*small.shape[:2], -1) < 0.5
+        # A query whose mask is empty everywhere attends everywhere instead.
+        blocked = blocked & ~jnp.all(blocked, axis=-1, keepdims=True)
+        return logits, blocked[:, None]
+
+
+@dataclasses.dataclass
+class DecoderOutput:
+    last_hidden_state: jnp.ndarray  # (B, Q, D), before the final norm
+    intermediate_hidden_states: tuple[jnp.ndarray, ...]  # normalised queries, one per prediction
+    masks_queries_logits: tuple[jnp.ndarray, ...]  # (B, Q, H/4, W/4), one per prediction
+
+
+class MaskedAttentionDecoder(nnx.Module):
+    def __init__(self, config: Mask2FormerConfig, *, rngs: nnx.Rngs):
+        self.layers = nnx.List(
+            [MaskedAttentionDecoderLayer(config, rngs=rngs) for _ in range(config.decoder_layers - 1)]
+        )
+        self.layernorm = _layer_norm(config.hidden_dim, rngs)
+        self.mask_predictor = MaskPredictor(config, rngs=rngs)
+
+
+class TransformerModule(nnx.Module):
+    """Queries, memories with their position and level embeddings, and the decoder."""
+
+    def __init__(self, config: Mask2FormerConfig, *, rngs: nnx.Rngs):
+        d = config.hidden_dim
+        self.hidden_dim = d
+        self.queries_embedder = nnx.Embed(config.num_queries, d, rngs=rngs)
+        self.queries_features = nnx.Embed(config.num_queries, d, rngs=rngs)
+        self.level_embed = nnx.Embed(NUM_LEVELS, d, rngs=rngs)
+        needs_projection = config.feature_size != d or config.enforce_input_projection
+        self.input_projections = nnx.List(
+            [nnx.Conv(config.feature_size, d, (1, 1), rngs=rngs) for _ in range(NUM_LEVELS)]
+            if needs_projection
+            else []
+        )
+        self.decoder = MaskedAttentionDecoder(config, rngs=rngs)
+
+    def __call__(self, multi_scale_features, mask_features, deterministic: bool = True) -> DecoderOutput:
+        b = mask_features.shape[0]
+        memories, memory_pos, sizes = [], [], []
+        for i, feature in enumerate(multi_scale_features[:NUM_LEVELS]):
+            h, w = feature.shape[1:3]
+            sizes.append((h, w))
+            if len(self.input_projections):
+                feature = self.input_projections[i](feature)
+            memories.append(feature.reshape(b, h * w, -1) + self.level_embed.embedding[...][i])
+            pos = sine_position_embedding(h, w, self.hidden_dim // 2, feature.dtype).reshape(1, h * w, -1)
+            memory_pos.append(pos.astype(feature.dtype))
+        query_pos = jnp.broadcast_to(self.queries_embedder.embedding[...][None], (b,) + self.queries_embedder.embedding.shape)
+        x = jnp.broadcast_to(self.queries_features.embedding[...][None], query_pos.shape)
+
+        decoder = self.decoder
+        normed = decoder.layernorm(x)
+        mask_logits, blocked = decoder.mask_predictor(normed, mask_features, sizes[0])
+        intermediate, masks = [normed], [mask_logits]
+        for i, layer in enumerate(decoder.layers):
+            level = i % NUM_LEVELS
+            x = layer(x, query_pos, memories[level], memory_pos[level], blocked, deterministic)
+            normed = decoder.layernorm(x)
+            mask_logits, blocked = decoder.mask_predictor(normed, mask_features, sizes[(i + 1) % NUM_LEVELS])
+            intermediate.append(normed)
+            masks.append(mask_logits)
+        return DecoderOutput(x, tuple(intermediate), tuple(masks))

@@ -1,0 +1,232 @@
+"""Swin Transformer backbone (NHWC), returning the four normalised stage outputs at strides 4-32.
+
+Follows the original detectron2 backbone that Mask2Former was trained with (and HF's
+`SwinBackbone`): every block pads its input with zeros to a multiple of the window, always
+partitions (windows are never shrunk to small inputs), builds the shifted-window mask on the
+padded grid, and crops afterwards. So any input size works, and the outputs match the reference.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from m2f_jax.config import SwinConfig
+from m2f_jax.modeling.precision import widen
+
+
+def layer_norm(dim: int, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    return nnx.LayerNorm(dim, epsilon=eps, use_fast_variance=False, rngs=rngs)
+
+
+def window_partition(x: jnp.ndarray, window: int) -> jnp.ndarray:
+    """(B, H, W, C) with H, W multiples of `window` -> (B, nH*nW, window*window, C)."""
+    b, h, w, c = x.shape
+    x = x.reshape(b, h // window, window, w // window, window, c)
+    return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, (h // window) * (w // window), window * window, c)
+
+
+def window_merge(windows: jnp.ndarray, window: int, height: int, width: int) -> jnp.ndarray:
+    """Inverse of `window_partition`."""
+    b, _, _, c = windows.shape
+    x = windows.reshape(b, height // window, width // window, window, window, c)
+    return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, height, width, c)
+
+
+def relative_position_index(window: int) -> np.ndarray:
+    """(window^2, window^2) index into the (2*window-1)^2 relative position bias table."""
+    coords = np.stack(np.meshgrid(np.arange(window), np.arange(window), indexing="ij")).reshape(2, -1)
+    rel = (coords[:, :, None] - coords[:, None, :]).transpose(1, 2, 0) + (window - 1)
+    return rel[..., 0] * (2 * window - 1) + rel[..., 1]
+
+
+def shifted_window_mask(height: int, width: int, window: int, shift: int) -> np.ndarray:
+    """(nW, window^2, window^2) additive mask (0 / -100) that keeps the cyclic shift's regions apart."""
+
+    def regions(n):
+        idx = np.arange(n)
+        return (idx >= n - window).astype(np.int64) + (idx >= n - shift).astype(np.int64)
+
+    labels = (regions(height)[:, None] * 3 + regions(width)[None, :]).astype(np.float32)
+    windows = window_partition(labels[None, :, :, None], window)[0, :, :, 0]
+    diff = windows[:, None, :] - windows[:, :, None]
+    return np.where(diff != 0, -100.0, 0.0).astype(np.float32)
+
+
+class SwinPatchEmbeddings(nnx.Module):
+    def __init__(self, config: SwinConfig, *, rngs: nnx.Rngs):
+        p = config.patch_size
+        self.patch_size = p
+        self.projection = nnx.Conv(
+            config.num_channels, config.embed_dim, kernel_size=(p, p), strides=(p, p), padding="VALID", rngs=rngs
+        )
+
+    def __call__(self, pixel_values: jnp.ndarray) -> jnp.ndarray:
+        _, h, w, _ = pixel_values.shape
+        p = self.patch_size
+        pixel_values = jnp.pad(pixel_values, ((0, 0), (0, -h % p), (0, -w % p), (0, 0)))
+        return self.projection(pixel_values)
+
+
+class SwinEmbeddings(nnx.Module):
+    def __init__(self, config: SwinConfig, *, rngs: nnx.Rngs):
+        self.patch_embeddings = SwinPatchEmbeddings(config, rngs=rngs)
+        self.norm = layer_norm(config.embed_dim, 1e-5, rngs)
+        self.dropout = nnx.Dropout(config.hidden_dropout_prob, rngs=rngs)
+
+    def __call__(self, pixel_values: jnp.ndarray, deterministic: bool) -> jnp.ndarray:
+        return self.dropout(self.norm(self.patch_embeddings(pixel_values)), deterministic=deterministic)
+
+
+class SwinWindowAttention(nnx.Module):
+    """Multi-head self-attention inside windows, with a learned relative position bias."""
+
+    def __init__(self, config: SwinConfig, dim: int, num_heads: int, *, rngs: nnx.Rngs):
+        self.num_heads = num_heads
+        self.window_size = config.window_size
+        self.q_proj = nnx.Linear(dim, dim, use_bias=config.qkv_bias, rngs=rngs)
+        self.k_proj = nnx.Linear(dim, dim, use_bias=config.qkv_bias, rngs=rngs)
+        self.v_proj = nnx.Linear(dim, dim, use_bias=config.qkv_bias, rngs=rngs)
+        self.o_proj = nnx.Linear(dim, dim, rngs=rngs)
+        table_size = (2 * config.window_size - 1) ** 2
+        self.relative_position_bias_table = nnx.Param(
+            0.02 * jax.random.truncated_normal(rngs.params(), -2.0, 2.0, (table_size, num_heads))
+        )
+        self.attn_dropout = nnx.Dropout(config.attention_probs_dropout_prob, rngs=rngs)
+
+    def __call__(self, windows: jnp.ndarray, shift_mask: np.ndarray | None, deterministic: bool) -> jnp.ndarray:
+        """windows (B, nW, N, C) -> (B, nW, N, C); `shift_mask` (nW, N, N) additive or None."""
+        b, nw, n, c = windows.shape
+        hd = c // self.num_heads
+
+        def heads(x):
+            return x.reshape(b, nw, n, self.num_heads, hd)
+
+        q = heads(self.q_proj(windows)) * hd**-0.5
+        k = heads(self.k_proj(windows))
+        v = heads(self.v_proj(windows))
+        logits = jnp.einsum("bwqhd,bwkhd->bwhqk", q, k)
+        index = relative_position_index(self.window_size).reshape(-1)
+        bias = self.relative_position_bias_table[...][index].reshape(n, n, self.num_heads).transpose(2, 0, 1)
+        logits = logits + bias
+        if shift_mask is not None:
+            logits = logits + jnp.asarray(shift_mask)[None, :, None]
+        probs = jax.nn.softmax(widen(logits), axis=-1).astype(v.dtype)
+        probs = self.attn_dropout(probs, deterministic=deterministic)
+        out = jnp.einsum("bwhqk,bwkhd->bwqhd", probs, v).reshape(b, nw, n, c)
+        return self.o_proj(out)
+
+
+class SwinMLP(nnx.Module):
+    def __init__(self, config: SwinConfig, dim: int, *, rngs: nnx.Rngs):
+        hidden = int(config.mlp_ratio * dim)
+        self.fc1 = nnx.Linear(dim, hidden, rngs=rngs)
+        self.fc2 = nnx.Linear(hidden, dim, rngs=rngs)
+
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+
+
+class SwinBlock(nnx.Module):
+    """(Shifted-)window attention and MLP, each pre-normalised and residual, with stochastic depth."""
+
+    def __init__(self, config: SwinConfig, dim: int, num_heads: int, shift: int, drop_path: float, *, rngs):
+        self.window_size = config.window_size
+        self.shift_size = shift
+        self.layernorm_before = layer_norm(dim, config.layer_norm_eps, rngs)
+        self.attention = SwinWindowAttention(config, dim, num_heads, rngs=rngs)
+        self.layernorm_after = layer_norm(dim, config.layer_norm_eps, rngs)
+        self.mlp = SwinMLP(config, dim, rngs=rngs)
+        self.dropout = nnx.Dropout(config.hidden_dropout_prob, rngs=rngs)
+        # One keep/drop decision per sample: the dropout mask is broadcast over H, W and C.
+        self.drop_path = nnx.Dropout(drop_path, broadcast_dims=(1, 2, 3), rngs=rngs)
+
+    def __call__(self, x: jnp.ndarray, deterministic: bool) -> jnp.ndarray:
+        b, h, w, c = x.shape
+        ws, shift = self.window_size, self.shift_size
+        y = self.layernorm_before(x)
+        y = jnp.pad(y, ((0, 0), (0, -h % ws), (0, -w % ws), (0, 0)))
+        hp, wp = y.shape[1:3]
+        if shift:
+            y = jnp.roll(y, (-shift, -shift), axis=(1, 2))
+        mask = shifted_window_mask(hp, wp, ws, shift) if shift else None
+        y = self.attention(window_partition(y, ws), mask, deterministic)
+        y = window_merge(y, ws, hp, wp)
+        if shift:
+            y = jnp.roll(y, (shift, shift), axis=(1, 2))
+        y = self.dropout(y[:, :h, :w], deterministic=deterministic)
+        x = x + self.drop_path(y, deterministic=deterministic)
+        y = self.dropout(self.mlp(self.layernorm_after(x)), deterministic=deterministic)
+        return x + self.drop_path(y, deterministic=deterministic)
+
+
+class SwinPatchMerging(nnx.Module):
+    """2x2 neighbourhood -> one token with twice the channels (pads odd sides with zeros)."""
+
+    def __init__(self, dim: int, *, rngs: nnx.Rngs):
+        self.norm = layer_norm(4 * dim, 1e-5, rngs)
+        self.reduction = nnx.Linear(4 * dim, 2 * dim, use_bias=False, rngs=rngs)
+
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        _, h, w, _ = x.shape
+        x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
+        x = jnp.concatenate([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], axis=-1)
+        return self.reduction(self.norm(x))
+
+
+class SwinStage(nnx.Module):
+    def __init__(self, config: SwinConfig, index: int, drop_paths: list[float], *, rngs: nnx.Rngs):
+        dim = config.stage_channels[index]
+        self.blocks = nnx.List(
+            [
+                SwinBlock(
+                    config,
+                    dim,
+                    config.num_heads[index],
+                    shift=0 if i % 2 == 0 else config.window_size // 2,
+                    drop_path=drop_paths[i],
+                    rngs=rngs,
+                )
+                for i in range(config.depths[index])
+            ]
+        )
+        last = index == len(config.depths) - 1
+        self.downsample = None if last else SwinPatchMerging(dim, rngs=rngs)
+
+
+class SwinEncoder(nnx.Module):
+    def __init__(self, config: SwinConfig, *, rngs: nnx.Rngs):
+        total = sum(config.depths)
+        rates = [config.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
+        starts = np.cumsum((0,) + config.depths)
+        self.layers = nnx.List(
+            [SwinStage(config, i, rates[starts[i] : starts[i + 1]], rngs=rngs) for i in range(len(config.depths))]
+        )
+
+
+class SwinBackbone(nnx.Module):
+    """pixel_values (B, H, W, C) -> the four stage outputs (B, H/4, W/4, C1) ... (B, H/32, W/32, C4).
+
+    Odd sides are padded up (so a stage side is ceil(previous / 2)), as in the reference.
+    """
+
+    def __init__(self, config: SwinConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.embeddings = SwinEmbeddings(config, rngs=rngs)
+        self.encoder = SwinEncoder(config, rngs=rngs)
+        self.hidden_states_norms = nnx.Dict(
+            {name: layer_norm(ch, 1e-5, rngs) for name, ch in zip(config.out_features, config.stage_channels)}
+        )
+
+    def __call__(self, pixel_values: jnp.ndarray, deterministic: bool = True) -> tuple[jnp.ndarray, ...]:
+        x = self.embeddings(pixel_values, deterministic)
+        features = []
+        for name, stage in zip(self.config.out_features, self.encoder.layers):
+            for block in stage.blocks:
+                x = block(x, deterministic)
+            features.append(self.hidden_states_norms[name](x))
+            if stage.downsample is not None:
+                x = stage.downsample(x)
+        return tuple(features)
