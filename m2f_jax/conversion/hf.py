@@ -28,7 +28,8 @@ IGNORED_KEYS = (
     r"num_batches_tracked$",
 )
 
-# (pattern, replacement) applied in order to every hub key.
+# (pattern, replacement) applied in order to every key. The hub names come first; the last two
+# rules accept the names transformers 5 uses in memory too (a `torch.save(model.state_dict())`).
 RENAMES = (
     (r"\.attention\.self\.query\.", ".attention.q_proj."),
     (r"\.attention\.self\.key\.", ".attention.k_proj."),
@@ -45,6 +46,8 @@ RENAMES = (
     (r"\.layer_(\d+)\.1\.", lambda m: f".output_convs.{int(m[1]) - 1}.norm."),
     (r"\.mask_embedder\.(\d+)\.0\.", r".mask_embedder.layers.\1."),
     (r"transformer_module\.(queries_embedder|queries_features|level_embed)\.weight$", r"transformer_module.\1.embedding"),
+    (r"^model\.pixel_level_module\.encoder\.swin\.", "model.pixel_level_module.encoder."),
+    (r"\.attention\.relative_position_bias\.relative_position_bias_table$", ".attention.relative_position_bias_table"),
 )
 
 

@@ -1,0 +1,84 @@
+"""The model's own behaviour: eager vs jit, dropout switches, bad input, any input size."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from m2f_jax import Mask2FormerForUniversalSegmentation
+from conftest import max_diff, tiny_config
+
+
+@pytest.fixture(scope="module")
+def model():
+    return Mask2FormerForUniversalSegmentation(tiny_config(), rngs=nnx.Rngs(0))
+
+
+def test_eager_equals_jit(model):
+    pixels = jnp.asarray(np.random.RandomState(0).randn(1, 40, 56, 3), jnp.float32)
+    eager = model(pixels)
+    jitted = jax.jit(lambda m, x: m(x))(model, pixels)
+    assert max_diff(eager.class_queries_logits, jitted.class_queries_logits) < 1e-4
+    assert max_diff(eager.masks_queries_logits, jitted.masks_queries_logits) < 1e-4
+    assert len(eager.auxiliary_logits) == tiny_config().decoder_layers - 1
+    assert eager.encoder_hidden_states is None
+
+
+@pytest.mark.parametrize("size", [(33, 33), (17, 121), (128, 8), (5, 3)])
+def test_any_input_size(model, size):
+    out = jax.jit(lambda m, x: m(x))(model, jnp.zeros((1, *size, 3)))
+    assert out.masks_queries_logits.shape == (1, 12, -(-size[0] // 4), -(-size[1] // 4))
+    assert np.isfinite(np.asarray(out.masks_queries_logits)).all()
+
+
+def test_dropout_and_drop_path_only_when_not_deterministic():
+    config = tiny_config(dropout=0.1)
+    config = config.replace(backbone_config=dataclasses.replace(config.backbone_config, drop_path_rate=0.5))
+    model = Mask2FormerForUniversalSegmentation(config, rngs=nnx.Rngs(params=0, dropout=1))
+    pixels = jnp.asarray(np.random.RandomState(1).randn(2, 32, 32, 3), jnp.float32)
+    evaluate = nnx.jit(lambda m, x: m(x))
+    train = nnx.jit(lambda m, x: m(x, deterministic=False))  # nnx.jit carries the RNG state out
+    a, b = evaluate(model, pixels), evaluate(model, pixels)
+    assert max_diff(a.class_queries_logits, b.class_queries_logits) == 0
+    c = train(model, pixels)
+    d = train(model, pixels)
+    assert max_diff(a.class_queries_logits, c.class_queries_logits) > 1e-3
+    assert max_diff(c.class_queries_logits, d.class_queries_logits) > 1e-3  # the RNG stream advances
+
+
+def test_drop_path_drops_whole_samples():
+    from m2f_jax.modeling.swin import SwinBlock
+
+    config = tiny_config().backbone_config
+    block = SwinBlock(config, 32, 1, shift=0, drop_path=0.5, rngs=nnx.Rngs(0))
+    x = jnp.asarray(np.random.RandomState(2).randn(16, 8, 8, 32), jnp.float32)
+    kept = block(x, deterministic=True)
+    y = block(x, deterministic=False)
+    # A dropped sample passes through unchanged (both residual branches dropped).
+    unchanged = [bool(jnp.allclose(y[i], x[i])) for i in range(16)]
+    assert 0 < sum(unchanged) < 16
+    assert not bool(jnp.allclose(kept, x))
+
+
+@pytest.mark.parametrize(
+    "pixels, message",
+    [
+        (np.zeros((1, 3, 32, 32), np.float32), "NHWC"),
+        (np.zeros((32, 32, 3), np.float32), "NHWC"),
+        (np.zeros((1, 0, 32, 3), np.float32), "empty"),
+        (np.zeros((1, 32, 32, 3), np.uint8), "floating point"),
+    ],
+)
+def test_bad_input_is_refused_before_work(model, pixels, message):
+    with pytest.raises(ValueError, match=message):
+        model(jnp.asarray(pixels))
+
+
+def test_pixel_mask_is_refused_not_ignored(model):
+    with pytest.raises(NotImplementedError, match="pixel_mask"):
+        model(jnp.zeros((1, 32, 32, 3)), pixel_mask=jnp.ones((1, 32, 32), bool))
