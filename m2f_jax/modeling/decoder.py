@@ -9,11 +9,11 @@ mask logits) is made from the queries before the first layer and after every lay
 
 from __future__ import annotations
 
-import dataclasses
+
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, struct
 
 from m2f_jax.config import Mask2FormerConfig
 from m2f_jax.modeling.pixel_decoder import NUM_LEVELS
@@ -118,7 +118,7 @@ class MaskPredictor(nnx.Module):
         return logits, blocked[:, None]
 
 
-@dataclasses.dataclass
+@struct.dataclass
 class DecoderOutput:
     last_hidden_state: jnp.ndarray  # (B, Q, D), before the final norm
     intermediate_hidden_states: tuple[jnp.ndarray, ...]  # normalised queries, one per prediction

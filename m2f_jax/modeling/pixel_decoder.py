@@ -8,11 +8,11 @@ the transformer decoder cycles over).
 
 from __future__ import annotations
 
-import dataclasses
+
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, struct
 
 from m2f_jax.config import Mask2FormerConfig
 from m2f_jax.modeling.deform_attn import MultiscaleDeformableAttention
@@ -74,7 +74,7 @@ def reference_points(spatial_shapes: tuple[tuple[int, int], ...]) -> jnp.ndarray
     return jnp.concatenate(points, axis=0)
 
 
-@dataclasses.dataclass
+@struct.dataclass
 class PixelDecoderOutput:
     mask_features: jnp.ndarray  # (B, H/4, W/4, mask_feature_size)
     multi_scale_features: tuple[jnp.ndarray, ...]  # strides 32, 16, 8; (B, h, w, feature_size)
