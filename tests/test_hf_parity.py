@@ -108,7 +108,8 @@ def test_swin_tiny_real_shape_float32(tmp_path):
     config = preset("swin-tiny-coco-panoptic")
     assert config.num_labels == 133 and config.num_queries == 100
     checked = compare(config, 2, 384, 384, tmp_path, 5e-4, seed=4, require_all=False)
-    assert checked >= 1  # at least the prediction from the learned queries
+    print(f"float32 Swin-T: {checked} of {config.decoder_layers} predictions saw identical attention masks")
+    assert checked >= 2  # the prediction from the learned queries and the first layer's, at least
 
 
 @pytest.mark.slow
