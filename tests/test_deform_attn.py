@@ -86,3 +86,26 @@ def test_gradients_agree():
     reference = jax.grad(loss(deformable_sampling_reference), argnums=(0, 1, 2))(value, locations, weights)
     for a, b in zip(fast, reference):
         np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_valid_shapes_sample_like_the_cropped_maps():
+    """Padded maps + per-image valid shapes == sampling each image's cropped maps alone."""
+    value, locations, weights = random_inputs(7)
+    valid = np.array([[[5, 7], [3, 4], [2, 2]], [[3, 5], [2, 3], [1, 2]]], np.int32)  # (B, L, (h, w))
+    fast = deformable_sampling(value, SHAPES, locations, weights, valid)
+    reference = deformable_sampling_reference(value, SHAPES, locations, weights, valid)
+    np.testing.assert_allclose(fast, reference, atol=1e-5)
+    for b in range(2):
+        crops, start = [], 0
+        for (h, w), (vh, vw) in zip(SHAPES, valid[b]):
+            level = value[b : b + 1, start : start + h * w].reshape(1, h, w, *value.shape[2:])
+            crops.append(level[:, :vh, :vw].reshape(1, vh * vw, *value.shape[2:]))
+            start += h * w
+        cropped_shapes = [tuple(int(v) for v in s) for s in valid[b]]
+        expected = hf_mask2former.multi_scale_deformable_attention(
+            torch.from_numpy(np.concatenate(crops, axis=1)),
+            cropped_shapes,
+            torch.from_numpy(locations[b : b + 1]),
+            torch.from_numpy(weights[b : b + 1]),
+        ).numpy()
+        np.testing.assert_allclose(fast[b : b + 1], expected, atol=1e-5)

@@ -79,6 +79,3 @@ def test_bad_input_is_refused_before_work(model, pixels, message):
         model(jnp.asarray(pixels))
 
 
-def test_pixel_mask_is_refused_not_ignored(model):
-    with pytest.raises(NotImplementedError, match="pixel_mask"):
-        model(jnp.zeros((1, 32, 32, 3)), pixel_mask=jnp.ones((1, 32, 32), bool))

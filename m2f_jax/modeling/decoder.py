@@ -5,6 +5,8 @@ stride 32 -> 16 -> 8), each only inside the mask that the previous prediction ga
 (sigmoid(logit) >= 0.5 after bilinear resizing; a query with an empty mask attends everywhere).
 Order per layer: masked cross-attention -> self-attention -> FFN. A prediction (class logits and
 mask logits) is made from the queries before the first layer and after every layer.
+In a padded batch, keys outside an image's valid region are never attended to, and the mask
+resizing and position embeddings use each image's own extent.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from m2f_jax.config import Mask2FormerConfig
 from m2f_jax.modeling.pixel_decoder import NUM_LEVELS
 from m2f_jax.modeling.position import sine_position_embedding
 from m2f_jax.modeling.precision import widen
-from m2f_jax.modeling.resize import resize_bilinear
+from m2f_jax.modeling.valid_region import resize_valid, token_mask
 
 
 def _layer_norm(dim: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -106,15 +108,17 @@ class MaskPredictor(nnx.Module):
         self.num_heads = config.num_attention_heads
         self.mask_embedder = MLP(config.hidden_dim, config.hidden_dim, config.mask_feature_size, 3, rngs=rngs)
 
-    def __call__(self, queries, mask_features, attention_size):
-        """queries (B, Q, D), mask_features (B, H, W, C) -> mask logits (B, Q, H, W) and the
-        (B, 1, Q, h*w) blocked-key mask for the next layer's cross-attention at `attention_size`."""
+    def __call__(self, queries, mask_features, mask_sizes, attention_shape, attention_sizes):
+        """queries (B, Q, D), mask_features (B, H, W, C) whose valid sizes are mask_sizes (B, 2) ->
+        mask logits (B, Q, H, W), and the (B, 1, Q, h*w) blocked-key mask for the next layer's
+        cross-attention over an `attention_shape` map whose valid sizes are `attention_sizes`."""
         embed = self.mask_embedder(queries)
         logits = jnp.einsum("bqc,bhwc->bqhw", embed, mask_features)
-        small = resize_bilinear(jax.lax.stop_gradient(logits), attention_size, spatial_axes=(2, 3))
-        blocked = jax.nn.sigmoid(widen(small)).reshape(*small.shape[:2], -1) < 0.5
-        # A query whose mask is empty everywhere attends everywhere instead.
-        blocked = blocked & ~jnp.all(blocked, axis=-1, keepdims=True)
+        small = resize_valid(jax.lax.stop_gradient(logits), mask_sizes, attention_sizes, attention_shape, (2, 3))
+        exists = token_mask(attention_sizes, *attention_shape).reshape(small.shape[0], 1, -1)
+        blocked = (jax.nn.sigmoid(widen(small)).reshape(*small.shape[:2], -1) < 0.5) | ~exists
+        # A query whose mask is empty everywhere attends everywhere (in its image) instead.
+        blocked = jnp.where(jnp.all(blocked, axis=-1, keepdims=True), ~exists, blocked)
         return logits, blocked[:, None]
 
 
@@ -151,29 +155,36 @@ class TransformerModule(nnx.Module):
         )
         self.decoder = MaskedAttentionDecoder(config, rngs=rngs)
 
-    def __call__(self, multi_scale_features, mask_features, deterministic: bool = True) -> DecoderOutput:
+    def __call__(
+        self, multi_scale_features, mask_features, feature_sizes, mask_sizes, deterministic: bool = True
+    ) -> DecoderOutput:
+        """multi_scale_features: the pixel decoder's maps, coarsest first, with per-image valid sizes
+        feature_sizes ((B, 2) each); mask_features (B, H, W, C) with valid sizes mask_sizes."""
         b = mask_features.shape[0]
-        memories, memory_pos, sizes = [], [], []
+        memories, memory_pos, shapes = [], [], []
         for i, feature in enumerate(multi_scale_features[:NUM_LEVELS]):
             h, w = feature.shape[1:3]
-            sizes.append((h, w))
+            shapes.append((h, w))
             if len(self.input_projections):
                 feature = self.input_projections[i](feature)
             memories.append(feature.reshape(b, h * w, -1) + self.level_embed.embedding[...][i])
-            pos = sine_position_embedding(h, w, self.hidden_dim // 2, feature.dtype).reshape(1, h * w, -1)
-            memory_pos.append(pos.astype(feature.dtype))
+            pos = sine_position_embedding(feature_sizes[i], h, w, self.hidden_dim // 2, feature.dtype)
+            memory_pos.append(pos.reshape(b, h * w, -1).astype(feature.dtype))
         query_pos = jnp.broadcast_to(self.queries_embedder.embedding[...][None], (b,) + self.queries_embedder.embedding.shape)
         x = jnp.broadcast_to(self.queries_features.embedding[...][None], query_pos.shape)
 
         decoder = self.decoder
         normed = decoder.layernorm(x)
-        mask_logits, blocked = decoder.mask_predictor(normed, mask_features, sizes[0])
+        mask_logits, blocked = decoder.mask_predictor(normed, mask_features, mask_sizes, shapes[0], feature_sizes[0])
         intermediate, masks = [normed], [mask_logits]
         for i, layer in enumerate(decoder.layers):
             level = i % NUM_LEVELS
             x = layer(x, query_pos, memories[level], memory_pos[level], blocked, deterministic)
             normed = decoder.layernorm(x)
-            mask_logits, blocked = decoder.mask_predictor(normed, mask_features, sizes[(i + 1) % NUM_LEVELS])
+            nxt = (i + 1) % NUM_LEVELS
+            mask_logits, blocked = decoder.mask_predictor(
+                normed, mask_features, mask_sizes, shapes[nxt], feature_sizes[nxt]
+            )
             intermediate.append(normed)
             masks.append(mask_logits)
         return DecoderOutput(x, tuple(intermediate), tuple(masks))

@@ -25,15 +25,19 @@ _CORNER_DY = jnp.array([0, 0, 1, 1])
 _CORNER_DX = jnp.array([0, 1, 0, 1])
 
 
-def _bilinear_corners(locations: jnp.ndarray, height: int, width: int):
+def _bilinear_corners(locations: jnp.ndarray, height, width):
     """Top-left corner indices and the four corner weights (zero outside the map).
 
-    locations (..., 2) as (x, y) in [0, 1] over the map (align_corners=False convention).
+    locations (B, ..., 2) as (x, y) in [0, 1] over the map (align_corners=False convention);
+    height and width are ints or per-image (B,) arrays (the valid part of a padded map).
     Returns x0, y0 (int32, may lie outside) and weights (..., 4) ordered (y0x0, y0x1, y1x0, y1x1).
     """
     locations = widen(locations)
-    x = locations[..., 0] * width - 0.5
-    y = locations[..., 1] * height - 0.5
+    extra = (1,) * (locations.ndim - 2)
+    height = jnp.reshape(jnp.asarray(height), (-1,) + extra)
+    width = jnp.reshape(jnp.asarray(width), (-1,) + extra)
+    x = locations[..., 0] * width.astype(locations.dtype) - 0.5
+    y = locations[..., 1] * height.astype(locations.dtype) - 0.5
     x0f, y0f = jnp.floor(x), jnp.floor(y)
     fx, fy = x - x0f, y - y0f
     x0, y0 = x0f.astype(jnp.int32), y0f.astype(jnp.int32)
@@ -52,11 +56,14 @@ def deformable_sampling(
     spatial_shapes: tuple[tuple[int, int], ...],
     sampling_locations: jnp.ndarray,
     attention_weights: jnp.ndarray,
+    valid_shapes: jnp.ndarray | None = None,
 ) -> jnp.ndarray:
     """Fast multi-scale deformable sampling: one flat row gather for every corner of every point.
 
     value (B, S, heads, hd) with S = sum(h*w); sampling_locations (B, Q, heads, L, P, 2) as (x, y)
     in [0, 1]; attention_weights (B, Q, heads, L, P). Returns (B, Q, heads*hd).
+    `valid_shapes` (B, L, 2): each image's valid (h, w) at each level of the padded maps; locations
+    are then relative to that region, and everything outside it samples as zero.
     """
     b, s, n_heads, hd = value.shape
     q = sampling_locations.shape[1]
@@ -64,7 +71,8 @@ def deformable_sampling(
     indices, weights = [], []
     start = 0
     for level, (h, w) in enumerate(spatial_shapes):
-        x0, y0, corner_w = _bilinear_corners(sampling_locations[:, :, :, level], h, w)  # (B,Q,heads,P)
+        vh, vw = (h, w) if valid_shapes is None else (valid_shapes[:, level, 0], valid_shapes[:, level, 1])
+        x0, y0, corner_w = _bilinear_corners(sampling_locations[:, :, :, level], vh, vw)  # (B,Q,heads,P)
         # Corners outside the map have zero weight, so clipping their index changes nothing.
         ys = jnp.clip(y0[..., None] + _CORNER_DY, 0, h - 1)
         xs = jnp.clip(x0[..., None] + _CORNER_DX, 0, w - 1)
@@ -84,6 +92,7 @@ def deformable_sampling_reference(
     spatial_shapes: tuple[tuple[int, int], ...],
     sampling_locations: jnp.ndarray,
     attention_weights: jnp.ndarray,
+    valid_shapes: jnp.ndarray | None = None,
 ) -> jnp.ndarray:
     """Straightforward version of `deformable_sampling`: four separate gathers per level."""
     b, _, n_heads, hd = value.shape
@@ -95,7 +104,8 @@ def deformable_sampling_reference(
     for level, (h, w) in enumerate(spatial_shapes):
         v = widen(value[:, start : start + h * w].reshape(b, h, w, n_heads, hd))
         start += h * w
-        x0, y0, corner_w = _bilinear_corners(sampling_locations[:, :, :, level], h, w)
+        vh, vw = (h, w) if valid_shapes is None else (valid_shapes[:, level, 0], valid_shapes[:, level, 1])
+        x0, y0, corner_w = _bilinear_corners(sampling_locations[:, :, :, level], vh, vw)
         for c, (dy, dx) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
             yy = jnp.clip(y0 + dy, 0, h - 1)
             xx = jnp.clip(x0 + dx, 0, w - 1)
@@ -121,21 +131,20 @@ class MultiscaleDeformableAttention(nnx.Module):
         position_embeddings: jnp.ndarray,
         reference_points: jnp.ndarray,
         spatial_shapes: tuple[tuple[int, int], ...],
-        padding_mask: jnp.ndarray | None = None,
+        valid_shapes: jnp.ndarray,
+        valid_tokens: jnp.ndarray,
     ) -> jnp.ndarray:
-        """hidden_states (B, S, D); reference_points (B, S, L, 2) as (x, y) in [0, 1];
-        padding_mask (B, S) True where a token is padding (its value is zeroed)."""
+        """hidden_states (B, S, D); reference_points (B, S, L, 2) as (x, y) in [0, 1] of each image's
+        valid region; valid_shapes (B, L, 2) its (h, w) per level; valid_tokens (B, S)."""
         b, s, d = hidden_states.shape
         queries = hidden_states + position_embeddings
-        value = self.value_proj(hidden_states)
-        if padding_mask is not None:
-            value = jnp.where(padding_mask[..., None], 0.0, value)
+        value = jnp.where(valid_tokens[..., None], self.value_proj(hidden_states), 0.0)
         value = value.reshape(b, s, self.n_heads, d // self.n_heads)
         shape = (b, s, self.n_heads, self.n_levels, self.n_points)
         offsets = widen(self.sampling_offsets(queries).reshape(*shape, 2))
         weights = self.attention_weights(queries).reshape(b, s, self.n_heads, self.n_levels * self.n_points)
         weights = jax.nn.softmax(widen(weights), axis=-1).reshape(shape)
-        normalizer = jnp.array([[w, h] for h, w in spatial_shapes], offsets.dtype)  # (L, 2) as (x, y)
-        locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
-        out = deformable_sampling(value, spatial_shapes, locations, weights)
+        normalizer = valid_shapes[:, :, ::-1].astype(offsets.dtype)  # (B, L, 2) as (x, y)
+        locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[:, None, None, :, None, :]
+        out = deformable_sampling(value, spatial_shapes, locations, weights, valid_shapes)
         return self.output_proj(out)

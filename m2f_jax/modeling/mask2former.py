@@ -9,6 +9,7 @@ from m2f_jax.config import Mask2FormerConfig
 from m2f_jax.modeling.decoder import TransformerModule
 from m2f_jax.modeling.pixel_decoder import PixelDecoder
 from m2f_jax.modeling.swin import SwinBackbone
+from m2f_jax.modeling.valid_region import image_sizes, stage_sizes, token_mask
 
 
 @struct.dataclass
@@ -64,14 +65,25 @@ class Mask2FormerForUniversalSegmentation(nnx.Module):
         deterministic: bool = True,
         output_hidden_states: bool = False,
     ) -> Mask2FormerOutput:
-        """pixel_values (B, H, W, C) float; `deterministic=False` turns dropout and drop-path on
-        (then the model needs its 'dropout' RNG stream, which it was built with)."""
+        """pixel_values (B, H, W, C) float; pixel_mask (B, H, W), True on real pixels, which must form
+        a top-left rectangle of each image (as the image processor pads). Each image's predictions
+        on its valid region then equal those for the image alone; outside it they mean nothing.
+        `deterministic=False` turns dropout and drop-path on (the model's 'dropout' RNG stream)."""
         self._check_inputs(pixel_values, pixel_mask)
+        b, height, width, _ = pixel_values.shape
+        sizes = image_sizes(pixel_mask, b, height, width)
+        if pixel_mask is not None:
+            pixel_values = jnp.where(token_mask(sizes, height, width)[..., None], pixel_values, 0.0)
         backbone = self.model.pixel_level_module.encoder
-        features = backbone(pixel_values, deterministic)
-        pixel_decoder = self.model.pixel_level_module.decoder(features, deterministic)
+        features = backbone(pixel_values, sizes, deterministic)
+        per_stage = stage_sizes(sizes, self.config.backbone_config.patch_size, len(features))
+        pixel_decoder = self.model.pixel_level_module.decoder(features, per_stage, deterministic)
         decoded = self.model.transformer_module(
-            pixel_decoder.multi_scale_features, pixel_decoder.mask_features, deterministic
+            pixel_decoder.multi_scale_features,
+            pixel_decoder.mask_features,
+            per_stage[::-1][:3],
+            per_stage[0],
+            deterministic,
         )
         class_logits = [self.class_predictor(h) for h in decoded.intermediate_hidden_states]
         auxiliary = tuple(
@@ -97,9 +109,8 @@ class Mask2FormerForUniversalSegmentation(nnx.Module):
             raise ValueError(f"pixel_values has an empty dimension: {tuple(pixel_values.shape)}")
         if not jnp.issubdtype(pixel_values.dtype, jnp.floating):
             raise ValueError(f"pixel_values must be floating point (normalised), got {pixel_values.dtype}")
-        if pixel_mask is not None:
-            # Honouring the mask (masked window attention, GroupNorm statistics, position
-            # embeddings, sampling) is tracked separately; refusing it beats ignoring it.
-            raise NotImplementedError(
-                "pixel_mask is not supported yet: pass unpadded images one size per batch with pixel_mask=None"
+        if pixel_mask is not None and tuple(pixel_mask.shape) != tuple(pixel_values.shape[:3]):
+            raise ValueError(
+                f"pixel_mask must be (batch, height, width) = {tuple(pixel_values.shape[:3])}, "
+                f"got {tuple(pixel_mask.shape)}"
             )

@@ -4,6 +4,10 @@ Backbone features at strides 8/16/32 are projected to `feature_size`, refined jo
 deformable-attention encoder, and the stride-4 level is added FPN-style. Outputs: `mask_features`
 at stride 4 (for the mask dot products) and the three refined maps, coarsest first (the memories
 the transformer decoder cycles over).
+
+With per-image valid sizes (a padded batch), GroupNorm statistics, position embeddings,
+reference points, deformable sampling and the FPN upsampling all use each image's own region,
+and padded tokens are zeroed before the 3x3 convolution, so each image gets what it gets alone.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from flax import nnx, struct
 from m2f_jax.config import Mask2FormerConfig
 from m2f_jax.modeling.deform_attn import MultiscaleDeformableAttention
 from m2f_jax.modeling.position import sine_position_embedding
-from m2f_jax.modeling.resize import resize_bilinear
+from m2f_jax.modeling.valid_region import resize_valid, token_mask
 
 NUM_LEVELS = 3  # deformable attention runs on strides 8, 16 and 32
 NUM_POINTS = 4
@@ -35,8 +39,11 @@ class ConvNorm(nnx.Module):
         self.norm = group_norm(out_dim, rngs)
         self.relu = relu
 
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        x = self.norm(self.conv(x))
+    def __call__(self, x: jnp.ndarray, valid: jnp.ndarray) -> jnp.ndarray:
+        """x (B, h, w, C); valid (B, h, w): the positions that exist (the rest count as zero padding
+        for the convolution and are left out of the normalisation statistics)."""
+        x = self.conv(jnp.where(valid[..., None], x, 0.0))
+        x = self.norm(x, mask=jnp.broadcast_to(valid[..., None], x.shape))
         return jax.nn.relu(x) if self.relu else x
 
 
@@ -52,8 +59,8 @@ class PixelDecoderEncoderLayer(nnx.Module):
         self.final_layer_norm = nnx.LayerNorm(d, epsilon=1e-5, use_fast_variance=False, rngs=rngs)
         self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
 
-    def __call__(self, x, position_embeddings, reference_points, spatial_shapes, deterministic: bool):
-        y = self.self_attn(x, position_embeddings, reference_points, spatial_shapes)
+    def __call__(self, x, position_embeddings, reference_points, spatial_shapes, valid_shapes, valid_tokens, deterministic):
+        y = self.self_attn(x, position_embeddings, reference_points, spatial_shapes, valid_shapes, valid_tokens)
         x = self.self_attn_layer_norm(x + self.dropout(y, deterministic=deterministic))
         y = self.dropout(jax.nn.relu(self.fc1(x)), deterministic=deterministic)
         y = self.dropout(self.fc2(y), deterministic=deterministic)
@@ -65,13 +72,16 @@ class PixelDecoderEncoder(nnx.Module):
         self.layers = nnx.List([PixelDecoderEncoderLayer(config, rngs=rngs) for _ in range(config.encoder_layers)])
 
 
-def reference_points(spatial_shapes: tuple[tuple[int, int], ...]) -> jnp.ndarray:
-    """(S, 2) pixel centres of every level as (x, y) in [0, 1]."""
+def reference_points(spatial_shapes: tuple[tuple[int, int], ...], valid_shapes: jnp.ndarray) -> jnp.ndarray:
+    """(B, S, 2) pixel centres of every level as (x, y), relative to each image's valid region."""
     points = []
-    for h, w in spatial_shapes:
-        ys, xs = jnp.meshgrid((jnp.arange(h) + 0.5) / h, (jnp.arange(w) + 0.5) / w, indexing="ij")
-        points.append(jnp.stack([xs.reshape(-1), ys.reshape(-1)], axis=-1))
-    return jnp.concatenate(points, axis=0)
+    for level, (h, w) in enumerate(spatial_shapes):
+        sizes = valid_shapes[:, level].astype(jnp.float32)
+        ys = (jnp.arange(h) + 0.5)[None, :] / sizes[:, 0:1]  # (B, h)
+        xs = (jnp.arange(w) + 0.5)[None, :] / sizes[:, 1:2]  # (B, w)
+        grid = jnp.stack(jnp.broadcast_arrays(xs[:, None, :], ys[:, :, None]), axis=-1)  # (B, h, w, 2)
+        points.append(grid.reshape(sizes.shape[0], h * w, 2))
+    return jnp.concatenate(points, axis=1)
 
 
 @struct.dataclass
@@ -96,32 +106,41 @@ class PixelDecoder(nnx.Module):
         self.mask_projection = nnx.Conv(d, config.mask_feature_size, (1, 1), rngs=rngs)
         self.dropout_rate = config.dropout
 
-    def __call__(self, features: tuple[jnp.ndarray, ...], deterministic: bool = True) -> PixelDecoderOutput:
-        """features: the backbone's four maps, stride 4 first, (B, h, w, C_i)."""
-        levels = [proj(x) for proj, x in zip(self.input_projections, features[::-1][:NUM_LEVELS])]
+    def __call__(
+        self, features: tuple[jnp.ndarray, ...], sizes: list[jnp.ndarray], deterministic: bool = True
+    ) -> PixelDecoderOutput:
+        """features: the backbone's four maps, stride 4 first, (B, h, w, C_i); sizes: each image's
+        valid (h, w) in each of them, (B, 2) per map."""
+        coarse_first = list(zip(features[::-1], sizes[::-1]))[:NUM_LEVELS]
+        valid = [token_mask(size, x.shape[1], x.shape[2]) for x, size in coarse_first]
+        levels = [proj(x, v) for proj, (x, _), v in zip(self.input_projections, coarse_first, valid)]
         b = levels[0].shape[0]
         spatial_shapes = tuple((x.shape[1], x.shape[2]) for x in levels)
+        valid_shapes = jnp.stack([size for _, size in coarse_first], axis=1)  # (B, L, 2)
         level_embed = self.level_embed[...]
         pos = jnp.concatenate(
             [
-                sine_position_embedding(h, w, self.feature_size // 2, levels[0].dtype).reshape(h * w, -1)
+                sine_position_embedding(valid_shapes[:, i], h, w, self.feature_size // 2, levels[0].dtype).reshape(
+                    b, h * w, -1
+                )
                 + level_embed[i]
                 for i, (h, w) in enumerate(spatial_shapes)
             ],
-            axis=0,
-        )
-        pos = jnp.broadcast_to(pos[None], (b,) + pos.shape).astype(levels[0].dtype)
+            axis=1,
+        ).astype(levels[0].dtype)
         x = jnp.concatenate([lvl.reshape(b, -1, self.feature_size) for lvl in levels], axis=1)
-        ref = reference_points(spatial_shapes)
-        ref = jnp.broadcast_to(ref[None, :, None, :], (b, ref.shape[0], NUM_LEVELS, 2))
+        valid_tokens = jnp.concatenate([v.reshape(b, -1) for v in valid], axis=1)
+        ref = reference_points(spatial_shapes, valid_shapes)
+        ref = jnp.broadcast_to(ref[:, :, None, :], (b, ref.shape[1], NUM_LEVELS, 2))
         for layer in self.encoder.layers:
-            x = layer(x, pos, ref, spatial_shapes, deterministic)
+            x = layer(x, pos, ref, spatial_shapes, valid_shapes, valid_tokens, deterministic)
 
         outputs, start = [], 0
         for h, w in spatial_shapes:
             outputs.append(x[:, start : start + h * w].reshape(b, h, w, self.feature_size))
             start += h * w
-        lateral = self.lateral_convs[0](features[0])
-        fpn = lateral + resize_bilinear(outputs[-1], lateral.shape[1:3])
-        fpn = self.output_convs[0](fpn)
+        fine_valid = token_mask(sizes[0], features[0].shape[1], features[0].shape[2])
+        lateral = self.lateral_convs[0](features[0], fine_valid)
+        fpn = lateral + resize_valid(outputs[-1], valid_shapes[:, -1], sizes[0], lateral.shape[1:3])
+        fpn = self.output_convs[0](fpn, fine_valid)
         return PixelDecoderOutput(mask_features=self.mask_projection(fpn), multi_scale_features=tuple(outputs))

@@ -4,6 +4,10 @@ Follows the original detectron2 backbone that Mask2Former was trained with (and 
 `SwinBackbone`): every block pads its input with zeros to a multiple of the window, always
 partitions (windows are never shrunk to small inputs), builds the shifted-window mask on the
 padded grid, and crops afterwards. So any input size works, and the outputs match the reference.
+
+Inside a padded batch each image gets what it gets alone: tokens outside its valid rectangle are
+zeroed before every attention and merging (the zeros the image's own padding would hold), and
+keys beyond its own window-padded extent are masked out (the tokens that do not exist alone).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from flax import nnx
 
 from m2f_jax.config import SwinConfig
 from m2f_jax.modeling.precision import widen
+from m2f_jax.modeling.valid_region import image_sizes, stage_sizes, token_mask
 
 
 def layer_norm(dim: int, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -96,8 +101,11 @@ class SwinWindowAttention(nnx.Module):
         )
         self.attn_dropout = nnx.Dropout(config.attention_probs_dropout_prob, rngs=rngs)
 
-    def __call__(self, windows: jnp.ndarray, shift_mask: np.ndarray | None, deterministic: bool) -> jnp.ndarray:
-        """windows (B, nW, N, C) -> (B, nW, N, C); `shift_mask` (nW, N, N) additive or None."""
+    def __call__(
+        self, windows: jnp.ndarray, shift_mask: np.ndarray | None, key_ok: jnp.ndarray, deterministic: bool
+    ) -> jnp.ndarray:
+        """windows (B, nW, N, C) -> (B, nW, N, C); `shift_mask` (nW, N, N) additive or None;
+        `key_ok` (B, nW, N) False for keys that must not be attended to."""
         b, nw, n, c = windows.shape
         hd = c // self.num_heads
 
@@ -113,7 +121,8 @@ class SwinWindowAttention(nnx.Module):
         logits = logits + bias
         if shift_mask is not None:
             logits = logits + jnp.asarray(shift_mask)[None, :, None]
-        probs = jax.nn.softmax(widen(logits), axis=-1).astype(v.dtype)
+        logits = jnp.where(key_ok[:, :, None, None, :], widen(logits), -1e9)
+        probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
         probs = self.attn_dropout(probs, deterministic=deterministic)
         out = jnp.einsum("bwhqk,bwkhd->bwqhd", probs, v).reshape(b, nw, n, c)
         return self.o_proj(out)
@@ -143,16 +152,20 @@ class SwinBlock(nnx.Module):
         # One keep/drop decision per sample: the dropout mask is broadcast over H, W and C.
         self.drop_path = nnx.Dropout(drop_path, broadcast_dims=(1, 2, 3), rngs=rngs)
 
-    def __call__(self, x: jnp.ndarray, deterministic: bool) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, valid: jnp.ndarray, sizes: jnp.ndarray, deterministic: bool) -> jnp.ndarray:
+        """x (B, h, w, C); valid (B, h, w) the tokens inside each image; sizes (B, 2) their extent."""
         b, h, w, c = x.shape
         ws, shift = self.window_size, self.shift_size
-        y = self.layernorm_before(x)
+        y = jnp.where(valid[..., None], self.layernorm_before(x), 0.0)
         y = jnp.pad(y, ((0, 0), (0, -h % ws), (0, -w % ws), (0, 0)))
         hp, wp = y.shape[1:3]
+        key_ok = token_mask(-(-sizes // ws) * ws, hp, wp)  # each image's own window-padded extent
         if shift:
             y = jnp.roll(y, (-shift, -shift), axis=(1, 2))
+            key_ok = jnp.roll(key_ok, (-shift, -shift), axis=(1, 2))
         mask = shifted_window_mask(hp, wp, ws, shift) if shift else None
-        y = self.attention(window_partition(y, ws), mask, deterministic)
+        key_ok = window_partition(key_ok[..., None], ws)[..., 0]
+        y = self.attention(window_partition(y, ws), mask, key_ok, deterministic)
         y = window_merge(y, ws, hp, wp)
         if shift:
             y = jnp.roll(y, (shift, shift), axis=(1, 2))
@@ -169,8 +182,9 @@ class SwinPatchMerging(nnx.Module):
         self.norm = layer_norm(4 * dim, 1e-5, rngs)
         self.reduction = nnx.Linear(4 * dim, 2 * dim, use_bias=False, rngs=rngs)
 
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, valid: jnp.ndarray) -> jnp.ndarray:
         _, h, w, _ = x.shape
+        x = jnp.where(valid[..., None], x, 0.0)
         x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
         x = jnp.concatenate([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], axis=-1)
         return self.reduction(self.norm(x))
@@ -220,13 +234,22 @@ class SwinBackbone(nnx.Module):
             {name: layer_norm(ch, 1e-5, rngs) for name, ch in zip(config.out_features, config.stage_channels)}
         )
 
-    def __call__(self, pixel_values: jnp.ndarray, deterministic: bool = True) -> tuple[jnp.ndarray, ...]:
+    def __call__(
+        self, pixel_values: jnp.ndarray, sizes: jnp.ndarray | None = None, deterministic: bool = True
+    ) -> tuple[jnp.ndarray, ...]:
+        """`sizes` (B, 2): each image's valid (h, w) in pixels (default: the whole input); the
+        features outside each image's valid region are not meaningful."""
+        b, height, width, _ = pixel_values.shape
+        if sizes is None:
+            sizes = image_sizes(None, b, height, width)
         x = self.embeddings(pixel_values, deterministic)
         features = []
-        for name, stage in zip(self.config.out_features, self.encoder.layers):
+        per_stage = stage_sizes(sizes, self.config.patch_size, len(self.encoder.layers))
+        for name, stage, stage_size in zip(self.config.out_features, self.encoder.layers, per_stage):
+            valid = token_mask(stage_size, x.shape[1], x.shape[2])
             for block in stage.blocks:
-                x = block(x, deterministic)
+                x = block(x, valid, stage_size, deterministic)
             features.append(self.hidden_states_norms[name](x))
             if stage.downsample is not None:
-                x = stage.downsample(x)
+                x = stage.downsample(x, valid)
         return tuple(features)

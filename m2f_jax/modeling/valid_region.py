@@ -1,0 +1,69 @@
+"""The valid (unpadded) region of each image in a padded batch, at every stride.
+
+With a `pixel_mask`, each image's real pixels form a top-left rectangle of a larger canvas. The
+model then computes, on that rectangle, exactly what it computes for the image alone: these
+helpers give the per-image sizes at each feature stride (as the backbone rounds them: ceil at the
+patch embedding, ceil(n / 2) at each patch merging), token masks, and bilinear resizing between
+per-image sizes (PyTorch's align_corners=False rule applied to each image's own extent).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+
+def image_sizes(pixel_mask: jnp.ndarray | None, batch: int, height: int, width: int) -> jnp.ndarray:
+    """(B, 2) int32 (h, w) of each image's valid rectangle; the whole canvas without a mask."""
+    if pixel_mask is None:
+        return jnp.tile(jnp.array([[height, width]], jnp.int32), (batch, 1))
+    rows = jnp.sum(jnp.any(pixel_mask, axis=2), axis=1)
+    cols = jnp.sum(jnp.any(pixel_mask, axis=1), axis=1)
+    return jnp.stack([rows, cols], axis=-1).astype(jnp.int32)
+
+
+def stage_sizes(sizes: jnp.ndarray, patch_size: int, num_stages: int) -> list[jnp.ndarray]:
+    """Per-image valid sizes of the backbone stages: ceil(size / patch), then ceil(n / 2) per stage."""
+    out = [(sizes + patch_size - 1) // patch_size]
+    for _ in range(num_stages - 1):
+        out.append((out[-1] + 1) // 2)
+    return out
+
+
+def token_mask(sizes: jnp.ndarray, height: int, width: int) -> jnp.ndarray:
+    """(B, height, width) bool: True inside each image's (h, w) rectangle."""
+    rows = jnp.arange(height)[None, :, None] < sizes[:, 0, None, None]
+    cols = jnp.arange(width)[None, None, :] < sizes[:, 1, None, None]
+    return rows & cols
+
+
+def _interpolation_matrices(in_sizes: jnp.ndarray, out_sizes: jnp.ndarray, in_len: int, out_len: int) -> jnp.ndarray:
+    """(B, out_len, in_len): bilinear weights from each image's first in_sizes[b] entries to its
+    first out_sizes[b] (rows beyond out_sizes[b] are zero)."""
+    in_f = in_sizes.astype(jnp.float32)[:, None]
+    out_f = out_sizes.astype(jnp.float32)[:, None]
+    dst = jnp.arange(out_len, dtype=jnp.float32)[None, :]
+    src = jnp.maximum((dst + 0.5) * (in_f / out_f) - 0.5, 0.0)
+    last = in_sizes[:, None] - 1
+    lo = jnp.minimum(jnp.floor(src).astype(jnp.int32), last)
+    hi = jnp.minimum(lo + 1, last)
+    frac = src - lo
+    cols = jnp.arange(in_len)[None, None, :]
+    matrix = (cols == lo[..., None]) * (1.0 - frac)[..., None] + (cols == hi[..., None]) * frac[..., None]
+    return jnp.where((dst < out_f)[..., None], matrix, 0.0)
+
+
+def resize_valid(
+    x: jnp.ndarray,
+    in_sizes: jnp.ndarray,
+    out_sizes: jnp.ndarray,
+    out_shape: tuple[int, int],
+    spatial_axes: tuple[int, int] = (1, 2),
+) -> jnp.ndarray:
+    """Bilinearly resizes each image's valid (h, w) rectangle of `x` to its (h', w') rectangle in a
+    canvas of `out_shape`; outside it the result is zero. Batch is axis 0."""
+    h_axis, w_axis = spatial_axes
+    rows = _interpolation_matrices(in_sizes[:, 0], out_sizes[:, 0], x.shape[h_axis], out_shape[0]).astype(x.dtype)
+    cols = _interpolation_matrices(in_sizes[:, 1], out_sizes[:, 1], x.shape[w_axis], out_shape[1]).astype(x.dtype)
+    x = jnp.moveaxis(x, (h_axis, w_axis), (-2, -1))
+    x = jnp.einsum("boh,b...hw,bpw->b...op", rows, x, cols, precision="highest")
+    return jnp.moveaxis(x, (-2, -1), (h_axis, w_axis))
