@@ -57,8 +57,10 @@ def test_drop_path_drops_whole_samples():
     config = tiny_config().backbone_config
     block = SwinBlock(config, 32, 1, shift=0, drop_path=0.5, rngs=nnx.Rngs(0))
     x = jnp.asarray(np.random.RandomState(2).randn(16, 8, 8, 32), jnp.float32)
-    kept = block(x, deterministic=True)
-    y = block(x, deterministic=False)
+    valid = jnp.ones((16, 8, 8), bool)
+    sizes = jnp.full((16, 2), 8)
+    kept = block(x, valid, sizes, deterministic=True)
+    y = block(x, valid, sizes, deterministic=False)
     # A dropped sample passes through unchanged (both residual branches dropped).
     unchanged = [bool(jnp.allclose(y[i], x[i])) for i in range(16)]
     assert 0 < sum(unchanged) < 16

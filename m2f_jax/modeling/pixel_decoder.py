@@ -21,6 +21,7 @@ from flax import nnx, struct
 from m2f_jax.config import Mask2FormerConfig
 from m2f_jax.modeling.deform_attn import MultiscaleDeformableAttention
 from m2f_jax.modeling.position import sine_position_embedding
+from m2f_jax.modeling.precision import wide_dtype
 from m2f_jax.modeling.valid_region import resize_valid, token_mask
 
 NUM_LEVELS = 3  # deformable attention runs on strides 8, 16 and 32
@@ -72,13 +73,17 @@ class PixelDecoderEncoder(nnx.Module):
         self.layers = nnx.List([PixelDecoderEncoderLayer(config, rngs=rngs) for _ in range(config.encoder_layers)])
 
 
-def reference_points(spatial_shapes: tuple[tuple[int, int], ...], valid_shapes: jnp.ndarray) -> jnp.ndarray:
-    """(B, S, 2) pixel centres of every level as (x, y), relative to each image's valid region."""
+def reference_points(
+    spatial_shapes: tuple[tuple[int, int], ...], valid_shapes: jnp.ndarray, dtype=jnp.float32
+) -> jnp.ndarray:
+    """(B, S, 2) pixel centres of every level as (x, y), relative to each image's valid region,
+    in at least float32."""
+    dtype = wide_dtype(dtype)
     points = []
     for level, (h, w) in enumerate(spatial_shapes):
-        sizes = valid_shapes[:, level].astype(jnp.float32)
-        ys = (jnp.arange(h) + 0.5)[None, :] / sizes[:, 0:1]  # (B, h)
-        xs = (jnp.arange(w) + 0.5)[None, :] / sizes[:, 1:2]  # (B, w)
+        sizes = valid_shapes[:, level].astype(dtype)
+        ys = (jnp.arange(h, dtype=dtype) + 0.5)[None, :] / sizes[:, 0:1]  # (B, h)
+        xs = (jnp.arange(w, dtype=dtype) + 0.5)[None, :] / sizes[:, 1:2]  # (B, w)
         grid = jnp.stack(jnp.broadcast_arrays(xs[:, None, :], ys[:, :, None]), axis=-1)  # (B, h, w, 2)
         points.append(grid.reshape(sizes.shape[0], h * w, 2))
     return jnp.concatenate(points, axis=1)
@@ -130,7 +135,7 @@ class PixelDecoder(nnx.Module):
         ).astype(levels[0].dtype)
         x = jnp.concatenate([lvl.reshape(b, -1, self.feature_size) for lvl in levels], axis=1)
         valid_tokens = jnp.concatenate([v.reshape(b, -1) for v in valid], axis=1)
-        ref = reference_points(spatial_shapes, valid_shapes)
+        ref = reference_points(spatial_shapes, valid_shapes, levels[0].dtype)
         ref = jnp.broadcast_to(ref[:, :, None, :], (b, ref.shape[1], NUM_LEVELS, 2))
         for layer in self.encoder.layers:
             x = layer(x, pos, ref, spatial_shapes, valid_shapes, valid_tokens, deterministic)

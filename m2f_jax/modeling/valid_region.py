@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from m2f_jax.modeling.precision import wide_dtype
+
 
 def image_sizes(pixel_mask: jnp.ndarray | None, batch: int, height: int, width: int) -> jnp.ndarray:
     """(B, 2) int32 (h, w) of each image's valid rectangle; the whole canvas without a mask."""
@@ -36,12 +38,15 @@ def token_mask(sizes: jnp.ndarray, height: int, width: int) -> jnp.ndarray:
     return rows & cols
 
 
-def _interpolation_matrices(in_sizes: jnp.ndarray, out_sizes: jnp.ndarray, in_len: int, out_len: int) -> jnp.ndarray:
+def _interpolation_matrices(
+    in_sizes: jnp.ndarray, out_sizes: jnp.ndarray, in_len: int, out_len: int, dtype
+) -> jnp.ndarray:
     """(B, out_len, in_len): bilinear weights from each image's first in_sizes[b] entries to its
-    first out_sizes[b] (rows beyond out_sizes[b] are zero)."""
-    in_f = in_sizes.astype(jnp.float32)[:, None]
-    out_f = out_sizes.astype(jnp.float32)[:, None]
-    dst = jnp.arange(out_len, dtype=jnp.float32)[None, :]
+    first out_sizes[b] (rows beyond out_sizes[b] are zero), computed in at least float32."""
+    dtype = wide_dtype(dtype)
+    in_f = in_sizes.astype(dtype)[:, None]
+    out_f = out_sizes.astype(dtype)[:, None]
+    dst = jnp.arange(out_len, dtype=dtype)[None, :]
     src = jnp.maximum((dst + 0.5) * (in_f / out_f) - 0.5, 0.0)
     last = in_sizes[:, None] - 1
     lo = jnp.minimum(jnp.floor(src).astype(jnp.int32), last)
@@ -62,8 +67,8 @@ def resize_valid(
     """Bilinearly resizes each image's valid (h, w) rectangle of `x` to its (h', w') rectangle in a
     canvas of `out_shape`; outside it the result is zero. Batch is axis 0."""
     h_axis, w_axis = spatial_axes
-    rows = _interpolation_matrices(in_sizes[:, 0], out_sizes[:, 0], x.shape[h_axis], out_shape[0]).astype(x.dtype)
-    cols = _interpolation_matrices(in_sizes[:, 1], out_sizes[:, 1], x.shape[w_axis], out_shape[1]).astype(x.dtype)
+    rows = _interpolation_matrices(in_sizes[:, 0], out_sizes[:, 0], x.shape[h_axis], out_shape[0], x.dtype).astype(x.dtype)
+    cols = _interpolation_matrices(in_sizes[:, 1], out_sizes[:, 1], x.shape[w_axis], out_shape[1], x.dtype).astype(x.dtype)
     x = jnp.moveaxis(x, (h_axis, w_axis), (-2, -1))
     x = jnp.einsum("boh,b...hw,bpw->b...op", rows, x, cols, precision="highest")
     return jnp.moveaxis(x, (-2, -1), (h_axis, w_axis))
