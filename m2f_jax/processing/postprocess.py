@@ -140,7 +140,10 @@ class _Geometry(NamedTuple):
 
 
 def _geometry(mask_size: Size, image_size: Size, target: Size) -> _Geometry:
-    (h, w), (ih, iw), (th, tw) = mask_size, image_size, target
+    """Upsampling x4 reads only the image's own mask cells (the first ceil(size / 4)), clamping at
+    their edge as if the image were alone, so its segments do not depend on the batch's padding."""
+    (ih, iw), (th, tw) = image_size, target
+    h, w = min(mask_size[0], -(-ih // 4)), min(mask_size[1], -(-iw // 4))
     return _Geometry(
         rows_up=_taps(h, 4 * h).select(slice(ih)),
         cols_up=_taps(w, 4 * w).select(slice(iw)),
