@@ -6,7 +6,8 @@
 For every readable image it writes, under --output:
   NAME_overlay.png        the image tinted by segment, with a legend of label names
   NAME_segmentation.png   the raw result: 16-bit PNG of class ids (semantic) or of segment ids
-                          (panoptic/instance; 0 = no segment, ids as in the JSON)
+                          (panoptic/instance: 0 = no segment; ids as in the JSON, which for
+                          instances are the post-processing's ids + 1, as those count from 0)
   NAME.json               the segments: id, label_id, label, score, area in pixels
 Unreadable files are reported and skipped; a summary ends the run (exit status 1 if any failed).
 """
@@ -76,10 +77,11 @@ def write_outputs(image, result, task: str, id2label: dict[int, str], stem: str,
             for info, binary in zip(result["segments_info"], segmentation):
                 ids[binary.astype(bool)] = info["id"]
             segmentation = ids
-        raw = np.where(segmentation < 0, 0, segmentation)
+        shift = 1 if task == "instance" else 0  # instance ids count from 0; keep 0 for "none"
+        raw = np.where(segmentation < 0, 0, segmentation + shift)
         segments = [
             {
-                "id": int(s["id"]),
+                "id": int(s["id"]) + shift,
                 "label_id": int(s["label_id"]),
                 "label": id2label.get(int(s["label_id"]), str(s["label_id"])),
                 "score": float(s["score"]),

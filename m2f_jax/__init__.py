@@ -1,10 +1,14 @@
 """Mask2Former in JAX and Flax NNX: universal image segmentation that reproduces HF checkpoints."""
 
+from m2f_jax import visualize
 from m2f_jax.config import Mask2FormerConfig, SwinConfig, preset, preset_names
+from m2f_jax.inference import segment
 from m2f_jax.modeling import Mask2FormerForUniversalSegmentation, Mask2FormerOutput
+from m2f_jax.processing.preprocess import ImageProcessor
 from m2f_jax.weights import convert_hf, from_pretrained, save_model
 
 __all__ = [
+    "ImageProcessor",
     "Mask2FormerConfig",
     "Mask2FormerForUniversalSegmentation",
     "Mask2FormerOutput",
@@ -14,4 +18,6 @@ __all__ = [
     "preset",
     "preset_names",
     "save_model",
+    "segment",
+    "visualize",
 ]

@@ -6,6 +6,7 @@ the model's dotted parameter paths (`model.transformer_module.decoder.layernorm.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from typing import Mapping
@@ -28,14 +29,24 @@ def _path_name(path) -> str:
     return ".".join(str(p) for p in path)
 
 
+@functools.lru_cache(maxsize=8)
+def _abstract_parts(config: Mask2FormerConfig) -> tuple[nnx.GraphDef, tuple]:
+    """The model's structure and flat abstract state, traced once per config: tracing the
+    initialisers takes seconds (NNX's RNG counter updates under a trace cost O(n) each)."""
+    model = nnx.eval_shape(lambda: Mask2FormerForUniversalSegmentation(config, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(model)
+    return graphdef, tuple(nnx.to_flat_state(state))
+
+
 def abstract_model(config: Mask2FormerConfig) -> Mask2FormerForUniversalSegmentation:
     """The model with shapes but no values (free to build, whatever its size)."""
-    return nnx.eval_shape(lambda: Mask2FormerForUniversalSegmentation(config, rngs=nnx.Rngs(0)))
+    graphdef, flat = _abstract_parts(config)
+    return nnx.merge(graphdef, nnx.from_flat_state(list(flat)))
 
 
 def param_shapes(config: Mask2FormerConfig) -> dict[str, tuple[int, ...]]:
-    state = nnx.state(abstract_model(config), nnx.Param)
-    return {_path_name(path): tuple(v.shape) for path, v in nnx.to_flat_state(state)}
+    _, flat = _abstract_parts(config)
+    return {_path_name(path): tuple(v.shape) for path, v in flat if isinstance(v, nnx.Param)}
 
 
 def model_from_params(
@@ -43,12 +54,11 @@ def model_from_params(
 ) -> Mask2FormerForUniversalSegmentation:
     """A model whose parameters are `params` (checked: names and shapes) and whose dropout RNG
     streams start from `seed`, without spending time on a random initialisation."""
-    model = abstract_model(config)
     hf.check_params(params, param_shapes(config))
-    graphdef, state = nnx.split(model)
+    graphdef, abstract = _abstract_parts(config)
+    keys = iter(jax.random.split(jax.random.key(seed), len(abstract)))
     flat = []
-    keys = iter(jax.random.split(jax.random.key(seed), len(list(nnx.to_flat_state(state)))))
-    for path, var in nnx.to_flat_state(state):
+    for path, var in abstract:
         name = _path_name(path)
         if isinstance(var, nnx.Param):
             value = jnp.asarray(params[name], dtype=var.dtype)

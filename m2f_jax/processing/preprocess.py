@@ -37,6 +37,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from m2f_jax.processing import postprocess
 from m2f_jax.processing.targets import instance_to_targets, pad_targets_batch, semantic_to_targets
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -391,6 +392,11 @@ class ImageProcessor:
         return tuple(int(math.ceil(max(s[a] for s in sizes) / divisor) * divisor) for a in (0, 1))
 
     # -- the operations -----------------------------------------------------------------------------
+
+    # HF's processor offers the post-processing too; these are the functions of `postprocess`.
+    post_process_semantic_segmentation = staticmethod(postprocess.post_process_semantic_segmentation)
+    post_process_instance_segmentation = staticmethod(postprocess.post_process_instance_segmentation)
+    post_process_panoptic_segmentation = staticmethod(postprocess.post_process_panoptic_segmentation)
 
     def normalize(self, image: np.ndarray) -> np.ndarray:
         """Rescale and normalize in float32 as HF's torchvision backend (mean and std scaled by 1/factor)."""
