@@ -1,0 +1,1 @@
+"""Training: the optax recipe, the device mesh and shardings, the jitted step, checkpoints."""

@@ -1,0 +1,71 @@
+"""Orbax checkpoints of the whole training state and the data iterator's position.
+
+A checkpoint holds the TrainState (parameters, optimizer state, step, the model's RNG streams and
+the loss key; typed PRNG keys are stored as their raw key data) and the iterator's state as JSON,
+so a resumed run sees the same batches and the same randomness as an uninterrupted one. Orbax
+writes each step to a temporary folder and renames it when complete, so a run killed while
+saving leaves the previous checkpoint usable.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import jax
+import orbax.checkpoint as ocp
+
+
+def _is_key(x) -> bool:
+    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _keys_to_data(tree: Any) -> Any:
+    return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+
+
+def _data_to_keys(tree: Any, like: Any) -> Any:
+    return jax.tree.map(lambda x, ref: jax.random.wrap_key_data(x, impl=jax.random.key_impl(ref)) if _is_key(ref) else x, tree, like)
+
+
+def _abstract(tree: Any) -> Any:
+    """ShapeDtypeStructs (with the arrays' shardings) of the stored form of `tree`."""
+    stored = jax.eval_shape(_keys_to_data, tree)
+    shardings = jax.tree.map(lambda x: getattr(x, "sharding", None), _keys_to_data(tree))
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), stored, shardings)
+
+
+class Checkpoints:
+    """The checkpoints of one run, under `workdir/checkpoints`, keeping the last `keep`."""
+
+    def __init__(self, workdir: str, keep: int = 3):
+        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False),
+        )
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, data_state: Mapping[str, Any]) -> None:
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardSave(_keys_to_data(state)), data=ocp.args.JsonSave(dict(data_state))),
+            force=True,
+        )
+        self.manager.wait_until_finished()
+
+    def restore(self, like: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
+        """The state saved at `step` (default: the latest), shaped and sharded like `like`, and the
+        data iterator's state."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(like)), data=ocp.args.JsonRestore())
+        )
+        return _data_to_keys(restored["state"], like), dict(restored["data"])
+
+    def close(self) -> None:
+        self.manager.close()

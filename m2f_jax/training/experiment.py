@@ -1,0 +1,110 @@
+"""From an experiment config (configs/*.py) to the objects a run needs: data, model config,
+optimizer, the (sharded) initial state and the jitted step. train.py and eval.py share these."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import optax
+from flax import nnx
+
+from m2f_jax.config import Mask2FormerConfig, SwinConfig, preset
+from m2f_jax.data import SyntheticDataset, TrainBatches
+from m2f_jax.losses import LossConfig
+from m2f_jax.modeling import Mask2FormerForUniversalSegmentation
+from m2f_jax.training.mesh import batch_sharding, replicated, state_sharding
+from m2f_jax.training.optimizer import OptimizerConfig, build_optimizer, learning_rate_schedule
+from m2f_jax.training.step import TrainState, init_state, make_train_step
+
+_MODEL_FIELDS = (
+    "num_queries", "hidden_dim", "feature_size", "mask_feature_size", "encoder_feedforward_dim",
+    "dim_feedforward", "encoder_layers", "decoder_layers",
+)  # fmt: skip
+
+
+def dataset(c: Any, split: str) -> SyntheticDataset:
+    if c.data.source != "synthetic":
+        raise ValueError(f"data.source {c.data.source!r} is not available yet (only 'synthetic')")
+    count = c.data.train_images if split == "train" else c.data.eval_images
+    seed = c.seed if split == "train" else c.seed + 10_000  # held-out images never seen in training
+    return SyntheticDataset(count, image_size=tuple(c.data.image_size), seed=seed)
+
+
+def train_batches(c: Any, process_index: int, process_count: int) -> TrainBatches:
+    return TrainBatches(
+        dataset(c, "train"),
+        batch_size=c.batch_size,
+        seed=c.seed,
+        max_instances=c.data.max_instances,
+        task=c.task,
+        flip=c.data.flip,
+        process_index=process_index,
+        process_count=process_count,
+    )
+
+
+def model_config(c: Any, data: SyntheticDataset) -> Mask2FormerConfig:
+    """The preset or the config's fields, with the dataset's labels (init_from: that model's config)."""
+    id2label = dict(data.id2label)
+    if c.model.init_from:
+        return Mask2FormerConfig.load(c.model.init_from).replace(id2label=id2label)
+    if c.model.preset:
+        return preset(c.model.preset).replace(id2label=id2label)
+    m = c.model
+    backbone = SwinConfig(
+        embed_dim=m.embed_dim,
+        depths=tuple(m.depths),
+        num_heads=tuple(m.num_heads),
+        window_size=m.window_size,
+        drop_path_rate=m.drop_path_rate,
+    )
+    return Mask2FormerConfig(backbone_config=backbone, id2label=id2label, **{k: m[k] for k in _MODEL_FIELDS})
+
+
+def loss_config(c: Any) -> LossConfig:
+    return LossConfig(**c.loss.to_dict())
+
+
+def optimizer_config(c: Any) -> tuple[OptimizerConfig, optax.Schedule]:
+    """The optimizer settings and schedule (in optimizer steps: steps / accumulation_steps)."""
+    o = c.optimizer.to_dict()
+    config = OptimizerConfig(total_steps=max(1, c.steps // o.get("accumulation_steps", 1)), **o)
+    return config, learning_rate_schedule(config)
+
+
+def initial_state(c: Any, config: Mask2FormerConfig, opt_config: OptimizerConfig, mesh) -> tuple[nnx.GraphDef, TrainState]:
+    """(graphdef, TrainState) placed on the mesh: random weights created directly in their
+    shards, or the weights of `model.init_from`."""
+    if c.model.init_from:
+        from m2f_jax.weights import from_pretrained
+
+        model = from_pretrained(c.model.init_from, seed=c.seed)
+        graphdef, state = init_state(model, build_optimizer(opt_config, nnx.state(model, nnx.Param)), c.seed)
+        return graphdef, jax.device_put(state, state_sharding(mesh, state))
+
+    def build():
+        return Mask2FormerForUniversalSegmentation(config, rngs=nnx.Rngs(params=c.seed, dropout=c.seed + 1))
+
+    graphdef, abstract_params, _ = nnx.split(nnx.eval_shape(build), nnx.Param, ...)
+    tx = build_optimizer(opt_config, abstract_params)
+
+    def init() -> TrainState:
+        return init_state(build(), tx, c.seed + 2)[1]
+
+    shardings = state_sharding(mesh, jax.eval_shape(init))
+    return graphdef, jax.jit(init, out_shardings=shardings)()
+
+
+def jitted_train_step(c: Any, graphdef: nnx.GraphDef, opt_config: OptimizerConfig, state: TrainState, mesh):
+    """The step under jax.jit: the state keeps its shardings and is donated; the batch is split
+    over every device; the metrics come back replicated."""
+    tx = build_optimizer(opt_config, state.params)
+    step = make_train_step(graphdef, tx, loss_config(c))
+    shardings = jax.tree.map(lambda x: x.sharding, state)
+    return jax.jit(
+        step,
+        in_shardings=(shardings, batch_sharding(mesh)),
+        out_shardings=(shardings, replicated(mesh)),
+        donate_argnums=0,
+    )
