@@ -65,11 +65,15 @@ def hf():
 
 
 def torch_masks(mask_logits, image_size, target):
-    """(Q,h,w) logits -> upsample 4x (the padded input), crop to image_size, resize to target (torch)."""
+    """(Q,h,w) logits -> upsample 4x (the padded input), crop to image_size, resize to target (torch).
+
+    Only the image's own ceil(size / 4) mask cells are upsampled (docs/postprocessing.md,
+    difference 12: the image's last pixel row never reads the cell beyond it)."""
     import torch
     import torch.nn.functional as F
 
-    x = torch.from_numpy(mask_logits)[None]
+    cells = (-(-image_size[0] // 4), -(-image_size[1] // 4))
+    x = torch.from_numpy(mask_logits)[None, :, : cells[0], : cells[1]]
     x = F.interpolate(x, size=(4 * x.shape[2], 4 * x.shape[3]), mode="bilinear", align_corners=False)
     x = x[:, :, : image_size[0], : image_size[1]]
     if tuple(target) != tuple(image_size):
@@ -276,9 +280,9 @@ def test_semantic_crops_then_resizes_the_class_scores():
     ours = pp.post_process_semantic_segmentation(
         Outputs(class_logits, mask_logits), image_sizes=[(80, 64)], target_sizes=[(120, 100)]
     )[0]
-    probs = torch_masks(mask_logits[0], (96, 96), (96, 96)).sigmoid()
+    probs = torch_masks(mask_logits[0], (80, 64), (80, 64)).sigmoid()
     scores = torch.einsum("qk,qhw->khw", torch.from_numpy(class_logits[0]).softmax(-1)[:, :-1], probs)
-    scores = torch.nn.functional.interpolate(scores[None, :, :80, :64], size=(120, 100), mode="bilinear")[0]
+    scores = torch.nn.functional.interpolate(scores[None], size=(120, 100), mode="bilinear")[0]
     np.testing.assert_array_equal(ours, scores.argmax(0).numpy())
 
 
