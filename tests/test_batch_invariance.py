@@ -64,29 +64,35 @@ def test_padded_batch_equals_each_image_alone(models):
             assert max_diff(aux_batched["masks_queries_logits"][b, :, :h4, :w4], aux_alone["masks_queries_logits"][0]) <= 1e-4
 
 
-@pytest.mark.parametrize("task", ["semantic", "instance", "panoptic"])
-def test_padded_batch_gives_the_same_segments(models, task):
-    """Post-processed with image_sizes, each padded image's segments are those it gets alone."""
-    from m2f_jax.processing import postprocess
-
+@pytest.fixture(scope="module")
+def padded_and_alone(models):
+    """Three images' outputs in one padded batch, and each image's outputs alone."""
     model, _ = models
-    post = getattr(postprocess, f"post_process_{task}_segmentation")
-    # Keep every query of the random model, so that there are segments to compare.
-    kwargs = {"semantic": {}, "instance": {"threshold": 0.0}}.get(task, {"threshold": 0.0, "overlap_mask_area_threshold": 0.0})
     rng = np.random.RandomState(3)
     images = [rng.randn(h, w, 3).astype(np.float32) for h, w in SIZES]
     pixels, mask = pad_batch(images)
     batched = jax.jit(lambda m, x, pm: m(x, pixel_mask=pm))(model, jnp.asarray(pixels), jnp.asarray(mask))
-    results = post(batched, target_sizes=SIZES, image_sizes=SIZES, **kwargs)
     alone_fn = jax.jit(lambda m, x: m(x))
-    for image, result in zip(images, results):
-        size = [image.shape[:2]]
-        expected = post(alone_fn(model, jnp.asarray(image[None])), target_sizes=size, image_sizes=size, **kwargs)[0]
+    return batched, [alone_fn(model, jnp.asarray(image[None])) for image in images]
+
+
+@pytest.mark.parametrize("task", ["semantic", "instance", "panoptic"])
+def test_padded_batch_gives_the_same_segments(padded_and_alone, task):
+    """Post-processed with image_sizes, each padded image's segments are those it gets alone."""
+    from m2f_jax.processing import postprocess
+
+    batched, alone = padded_and_alone
+    post = getattr(postprocess, f"post_process_{task}_segmentation")
+    # Keep every query of the random model, so that there are segments to compare.
+    kwargs = {"semantic": {}, "instance": {"threshold": 0.0}}.get(task, {"threshold": 0.0, "overlap_mask_area_threshold": 0.0})
+    results = post(batched, target_sizes=SIZES, image_sizes=SIZES, **kwargs)
+    for size, outputs, result in zip(SIZES, alone, results):
+        expected = post(outputs, target_sizes=[size], image_sizes=[size], **kwargs)[0]
         if task == "semantic":
-            assert result.shape == image.shape[:2]
+            assert result.shape == size
             np.testing.assert_array_equal(result, expected)
             continue
-        assert result["segmentation"].shape == image.shape[:2]
+        assert result["segmentation"].shape == size
         assert len(result["segments_info"]) > 0
         np.testing.assert_array_equal(result["segmentation"], expected["segmentation"])
         assert [(s["id"], s["label_id"]) for s in result["segments_info"]] == [

@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import predict  # noqa: E402
 
 GOOD = {"street.png": (70, 90), "room.jpg": (64, 48), "gray.png": (50, 100)}
+_forward = jax.jit(lambda m, x, pm: m(x, pixel_mask=pm))
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +99,7 @@ def test_segment_equals_the_explicit_pipeline(converted, photos, task):
     kwargs = {} if task == "semantic" else {"threshold": 0.0}
 
     inputs = processor(images)
-    outputs = jax.jit(lambda m, x, pm: m(x, pixel_mask=pm))(model, inputs["pixel_values"], inputs["pixel_mask"])
+    outputs = _forward(model, inputs["pixel_values"], inputs["pixel_mask"])
     post = getattr(processor, f"post_process_{task}_segmentation")
     expected = post(outputs, target_sizes=inputs["original_sizes"], image_sizes=inputs["image_sizes"], **kwargs)
 
