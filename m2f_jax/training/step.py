@@ -69,7 +69,7 @@ def make_train_step(
     in metrics["finite"]), so the caller can stop with the last good state."""
 
     def loss_fn(params, rngs, batch, key):
-        model = nnx.merge(graphdef, params, rngs)
+        model = nnx.merge(graphdef, params, rngs, copy=True)  # fresh Variables at this trace level
         outputs = model(batch["pixel_values"], pixel_mask=batch["pixel_mask"], deterministic=False)
         loss, parts = mask2former_loss(outputs, targets_of(batch), key, loss_config)
         return loss, (parts, nnx.state(model, nnx.Not(nnx.Param)))

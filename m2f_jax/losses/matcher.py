@@ -1,0 +1,131 @@
+"""Hungarian matching of queries to target masks, fixed-shape and jittable.
+
+For each image, the cost of giving target slot j to query q is
+
+    class_weight * -p_q(label_j) + mask_weight * BCE(q, j) + dice_weight * dice(q, j),
+
+with BCE and dice between the query's mask logits and the target mask, both read at the same
+uniform points for all masks of the image (the original's 12544), in float32. The configured class
+weight is used (Hugging Face once hard-coded 1.0 here, transformers #38559).
+
+Targets come padded to M slots (`PaddedTargets`). A padded slot's column gets a constant cost: with
+Q >= M every column is assigned, so a constant column adds the same amount to every assignment and
+the optimum of the real columns is unchanged; its query is then dropped (reported as -1).
+
+Two solvers: `optax.assignment.hungarian_algorithm` inside the compiled graph (default; runs on every
+backend) and scipy's `linear_sum_assignment` through a host callback (a round-trip per step; does not
+work on TPU).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from m2f_jax.losses.points import point_sample_shared
+from m2f_jax.processing.targets import PaddedTargets
+
+SOLVERS = ("hungarian", "scipy")
+_COST_LIMIT = 1e8  # costs are clipped to +-this; NaN/inf become +this (only matched if nothing else can be)
+
+
+def matching_cost(
+    class_logits: jnp.ndarray,
+    mask_logits: jnp.ndarray,
+    target_masks: jnp.ndarray,
+    labels: jnp.ndarray,
+    coords: jnp.ndarray,
+    *,
+    class_weight: float,
+    mask_weight: float,
+    dice_weight: float,
+) -> jnp.ndarray:
+    """One image's (Q, M) cost: class logits (Q, K+1), mask logits (Q, h, w), target masks (M, H, W),
+    labels (M,) (padded slots may hold anything), points (P, 2) shared by all masks."""
+    class_logits, mask_logits = jax.lax.stop_gradient((class_logits, mask_logits))
+    probs = jax.nn.softmax(class_logits.astype(jnp.float32), axis=-1)
+    class_cost = -jnp.take(probs, jnp.clip(labels, 0, probs.shape[-1] - 1), axis=1)
+
+    logits = point_sample_shared(mask_logits, coords)  # (Q, P)
+    targets = point_sample_shared(target_masks, coords)  # (M, P)
+    num_points = logits.shape[-1]
+    dot = lambda a, b: jnp.matmul(a, b.T, precision=jax.lax.Precision.HIGHEST)  # noqa: E731
+    # mean_p BCE(x, t) = mean_p [softplus(x) - x t]
+    bce_cost = jnp.mean(jax.nn.softplus(logits), axis=-1)[:, None] - dot(logits, targets) / num_points
+    p = jax.nn.sigmoid(logits)
+    dice_cost = 1.0 - (2.0 * dot(p, targets) + 1.0) / (p.sum(-1)[:, None] + targets.sum(-1)[None, :] + 1.0)
+    return class_weight * class_cost + mask_weight * bce_cost + dice_weight * dice_cost
+
+
+def _check_slots(num_queries: int, num_slots: int) -> None:
+    if num_slots > num_queries:
+        raise ValueError(
+            f"{num_slots} target slots (max_instances) but only {num_queries} queries: every target needs its own "
+            "query; lower max_instances or raise num_queries"
+        )
+
+
+def _scipy_assign(cost: np.ndarray) -> np.ndarray:
+    """Host side: (B, Q, M) costs -> (B, M) query of each column."""
+    from scipy.optimize import linear_sum_assignment
+
+    cost = np.asarray(cost)
+    query = np.zeros(cost.shape[::2], np.int32)
+    for b, image_cost in enumerate(cost):
+        rows, cols = linear_sum_assignment(image_cost)
+        query[b, cols] = rows
+    return query
+
+
+def _hungarian_assign(cost: jnp.ndarray) -> jnp.ndarray:
+    """In-graph: (Q, M) costs -> (M,) query of each column."""
+    rows, cols = optax.assignment.hungarian_algorithm(cost)
+    return jnp.zeros(cost.shape[1], jnp.int32).at[cols].set(rows.astype(jnp.int32))
+
+
+def assign(cost: jnp.ndarray, valid: jnp.ndarray, solver: str = "hungarian") -> jnp.ndarray:
+    """Minimum-cost assignment of every valid column of `cost` (B, Q, M) to its own query.
+
+    Returns (B, M) int32: the query given to each valid slot, -1 for the slots with valid False.
+    """
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    batch, num_queries, num_slots = cost.shape
+    _check_slots(num_queries, num_slots)
+    cost = jnp.nan_to_num(cost.astype(jnp.float32), nan=_COST_LIMIT, posinf=_COST_LIMIT, neginf=_COST_LIMIT)
+    cost = jnp.where(valid[:, None, :], jnp.clip(cost, -_COST_LIMIT, _COST_LIMIT), 0.0)
+    cost = jax.lax.stop_gradient(cost)
+    if num_slots == 0:
+        return jnp.zeros((batch, 0), jnp.int32)
+    if solver == "scipy":
+        shape = jax.ShapeDtypeStruct((batch, num_slots), jnp.int32)
+        query = jax.pure_callback(_scipy_assign, shape, cost, vmap_method="sequential")
+    else:
+        query = jax.vmap(_hungarian_assign)(cost)
+    return jnp.where(valid, query, -1)
+
+
+def match(
+    class_logits: jnp.ndarray,
+    mask_logits: jnp.ndarray,
+    targets: PaddedTargets,
+    coords: jnp.ndarray,
+    *,
+    class_weight: float,
+    mask_weight: float,
+    dice_weight: float,
+    solver: str = "hungarian",
+) -> jnp.ndarray:
+    """The query matched to each target slot, (B, M) int32, -1 for padded slots.
+
+    class_logits (B, Q, K+1), mask_logits (B, Q, h, w), targets: masks (B, M, H, W), labels (B, M),
+    valid (B, M); coords (B, P, 2): each image's uniform points in [0, 1], (x, y).
+    """
+    _check_slots(class_logits.shape[1], targets.labels.shape[1])
+    cost_fn = lambda c, m, t, lab, xy: matching_cost(  # noqa: E731
+        c, m, t, lab, xy, class_weight=class_weight, mask_weight=mask_weight, dice_weight=dice_weight
+    )
+    cost = jax.vmap(cost_fn)(class_logits, mask_logits, targets.masks, targets.labels, coords)
+    return assign(cost, targets.valid, solver)

@@ -1,0 +1,219 @@
+"""The Mask2Former loss: parity with Hugging Face's Mask2FormerLoss on the same points, and behaviour
+under jit and grad, with empty images, low precision and bad labels."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from m2f_jax.losses import (
+    LayerPoints,
+    LossConfig,
+    check_targets,
+    draw_points,
+    loss_from_points,
+    mask2former_loss,
+    match,
+    select_uncertain_points,
+    uncertainty_points,
+)
+from m2f_jax.modeling import Mask2FormerOutput
+from m2f_jax.processing.targets import PaddedTargets, pad_targets_batch
+
+B, Q, K, M, SIZE, PREDICTIONS = 2, 8, 5, 4, 32, 3
+CONFIG = LossConfig(num_points=64)
+jitted_loss = jax.jit(loss_from_points, static_argnums=3)  # one compilation per shape for the whole module
+
+
+def random_outputs(seed: int, dtype=np.float32) -> Mask2FormerOutput:
+    rng = np.random.default_rng(seed)
+    layers = [
+        {
+            "class_queries_logits": jnp.asarray(rng.normal(size=(B, Q, K + 1)), dtype),
+            "masks_queries_logits": jnp.asarray(2 * rng.normal(size=(B, Q, SIZE // 4, SIZE // 4)), dtype),
+        }
+        for _ in range(PREDICTIONS)
+    ]
+    return Mask2FormerOutput(layers[-1]["class_queries_logits"], layers[-1]["masks_queries_logits"], tuple(layers[:-1]))
+
+
+def random_targets(seed: int, counts=(3, 2)) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Rectangles with random labels, `counts[i]` for image i, as HF's lists."""
+    rng = np.random.default_rng(seed)
+    masks, labels = [], []
+    for count in counts:
+        image = np.zeros((count, SIZE, SIZE), np.float32)
+        for m in image:
+            y0, x0 = rng.integers(0, SIZE - 4, 2)
+            m[y0 : y0 + rng.integers(3, SIZE - y0), x0 : x0 + rng.integers(3, SIZE - x0)] = 1
+        masks.append(image)
+        labels.append(rng.integers(0, K, count))
+    return masks, labels
+
+
+def random_points(seed: int, config: LossConfig = CONFIG) -> tuple[LayerPoints, ...]:
+    return draw_points(jax.random.key(seed), PREDICTIONS, B, M, config)
+
+
+def hf_loss_parts(outputs, masks, labels, points, class_weight, monkeypatch):
+    """HF's Mask2FormerLoss on the same logits, with torch.rand answering our points (the matcher's
+    per image, then the candidates and uniform points of each matched pair in HF's order), and the
+    matcher's assignments of every prediction, in HF's order (final first, then auxiliaries)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.mask2former.modeling_mask2former import Mask2FormerLoss
+
+    hf_config = transformers.Mask2FormerConfig(
+        num_labels=K, class_weight=class_weight, mask_weight=5.0, dice_weight=5.0, no_object_weight=0.1,
+        train_num_points=CONFIG.num_points, oversample_ratio=CONFIG.oversample_ratio,
+        importance_sample_ratio=CONFIG.importance_sample_ratio,
+    )  # fmt: skip
+    criterion = Mask2FormerLoss(hf_config, weight_dict={})
+    recorded = []
+    matcher_forward = criterion.matcher.forward
+
+    def recording_matcher(*args, **kwargs):
+        recorded.append(matcher_forward(*args, **kwargs))
+        return recorded[-1]
+
+    monkeypatch.setattr(criterion.matcher, "forward", recording_matcher)
+
+    def draws():
+        for layer in [PREDICTIONS - 1, *range(PREDICTIONS - 1)]:
+            p = jax.tree.map(np.asarray, points[layer])
+            for b in range(B):
+                yield p.match[b][None]
+            pairs = [(b, j) for b, (_, tgt) in enumerate(recorded[-1]) for j in tgt.tolist()]
+            yield np.stack([p.candidates[b, j] for b, j in pairs])
+            yield np.stack([p.random[b, j] for b, j in pairs])
+
+    answers = draws()
+
+    def fake_rand(*size, **kwargs):
+        out = torch.from_numpy(np.array(next(answers), np.float32))
+        assert tuple(out.shape) == tuple(size[0] if len(size) == 1 else size)
+        return out
+
+    monkeypatch.setattr(torch, "rand", fake_rand)
+    t = lambda x: torch.from_numpy(np.array(x, np.float32))  # noqa: E731
+    aux = [{k: t(v) for k, v in a.items()} for a in outputs.auxiliary_logits]
+    with torch.no_grad():
+        parts = criterion(
+            masks_queries_logits=t(outputs.masks_queries_logits),
+            class_queries_logits=t(outputs.class_queries_logits),
+            mask_labels=[torch.from_numpy(m) for m in masks],
+            class_labels=[torch.from_numpy(np.asarray(lab, np.int64)) for lab in labels],
+            auxiliary_predictions=aux,
+        )
+    return {k: float(v) for k, v in parts.items()}, recorded, criterion.matcher.cost_class
+
+
+@pytest.mark.parametrize("counts, solver", [((3, 2), "hungarian"), ((4, 1), "scipy")])
+def test_parts_equal_hf_mask2former_loss(counts, solver, monkeypatch):
+    outputs = random_outputs(0)
+    masks, labels = random_targets(1, counts)
+    targets = pad_targets_batch(masks, labels, M)
+    points = random_points(2)
+    hf_parts, hf_matches, hf_class_weight = hf_loss_parts(outputs, masks, labels, points, 2.0, monkeypatch)
+    # HF's matcher class weight (the configured one in recent transformers; 1.0 in those with #38559):
+    # the unweighted parts compared here do not depend on the class weight otherwise.
+    config = LossConfig(num_points=64, class_weight=hf_class_weight, matcher=solver)
+    total, parts = jitted_loss(outputs, targets, points, config)
+    assert set(hf_parts) <= set(parts) and len(hf_parts) == 3 * PREDICTIONS
+    for name, value in hf_parts.items():
+        assert float(parts[name]) == pytest.approx(value, abs=1e-4), name
+    weights = {"loss_cross_entropy": config.class_weight, "loss_mask": 5.0, "loss_dice": 5.0}
+    hf_total = sum(v * weights[k.rsplit("_", 1)[0] if k[-1].isdigit() else k] for k, v in hf_parts.items())
+    assert float(total) == pytest.approx(hf_total, abs=1e-3)
+
+    predictions = [(a["class_queries_logits"], a["masks_queries_logits"]) for a in outputs.auxiliary_logits]
+    predictions.append((outputs.class_queries_logits, outputs.masks_queries_logits))
+    weights = dict(class_weight=config.class_weight, mask_weight=5.0, dice_weight=5.0)
+    our_match = jax.jit(functools.partial(match, solver=solver, **weights))
+    for hf_match, layer in zip(hf_matches, [PREDICTIONS - 1, *range(PREDICTIONS - 1)]):
+        query = np.asarray(our_match(*predictions[layer], targets, points[layer].match))
+        for b, (src, tgt) in enumerate(hf_match):
+            np.testing.assert_array_equal(query[b, tgt.numpy()], src.numpy())
+            assert np.all(query[b, len(tgt) :] == -1)
+
+
+def test_uncertainty_points_equal_hf(monkeypatch):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.mask2former.modeling_mask2former import Mask2FormerLoss
+
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(5, 8, 8)).astype(np.float32)
+    candidates = rng.uniform(size=(5, 192, 2)).astype(np.float32)
+    uniform = rng.uniform(size=(5, 16, 2)).astype(np.float32)
+    answers = iter([candidates, uniform])
+    monkeypatch.setattr(torch, "rand", lambda *size, **kw: torch.from_numpy(next(answers)))
+    criterion = Mask2FormerLoss(transformers.Mask2FormerConfig(num_labels=K), weight_dict={})
+    expected = criterion.sample_points_using_uncertainty(
+        torch.from_numpy(logits)[:, None], lambda x: -x.abs(), 64, 3.0, 0.75
+    )
+    ours = np.asarray(select_uncertain_points(logits, candidates, uniform, 48))
+    np.testing.assert_array_equal(np.sort(ours[:, :48], axis=1), np.sort(expected.numpy()[:, :48], axis=1))
+    np.testing.assert_array_equal(ours[:, 48:], uniform)
+    drawn = uncertainty_points(jax.random.key(0), logits, 64, 3.0, 0.75)
+    assert drawn.shape == (5, 64, 2) and float(drawn.min()) >= 0 and float(drawn.max()) < 1
+
+
+def padded(seed: int, counts=(3, 2)) -> PaddedTargets:
+    return pad_targets_batch(*random_targets(seed, counts), M)
+
+
+def test_jit_and_grad_give_finite_gradients():
+    outputs, targets = random_outputs(4), padded(5)
+    check_targets(targets, K)
+    loss_fn = lambda out, key: mask2former_loss(out, targets, key, CONFIG)[0]  # noqa: E731
+    value, grads = jax.jit(jax.value_and_grad(loss_fn))(outputs, jax.random.key(0))
+    assert np.isfinite(float(value))
+    leaves = jax.tree.leaves(grads)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
+    assert all(float(jnp.abs(g).sum()) > 0 for g in leaves)  # every prediction is supervised
+
+
+def test_images_without_targets():
+    """One image empty: finite, the other image's masks still count. All empty: mask parts 0 and
+    CE = mean -log p(no object)."""
+    outputs = random_outputs(6)
+    loss = jax.jit(mask2former_loss, static_argnums=3)
+    total, parts = loss(outputs, padded(7, counts=(3, 0)), jax.random.key(1), CONFIG)
+    assert np.isfinite(float(total)) and float(parts["loss_mask"]) > 0
+    total, parts = loss(outputs, padded(7, counts=(0, 0)), jax.random.key(1), CONFIG)
+    log_probs = jax.nn.log_softmax(outputs.class_queries_logits, -1)
+    assert float(parts["loss_cross_entropy"]) == pytest.approx(-float(log_probs[..., K].mean()), rel=1e-5)
+    assert float(parts["loss_mask"]) == 0 and float(parts["loss_dice"]) == 0
+    assert float(total) == pytest.approx(float(parts["weighted_cross_entropy"]), rel=1e-6)
+
+
+def test_low_precision_logits_are_lost_in_float32():
+    targets, points = padded(8), random_points(9)
+    ours = jitted_loss(random_outputs(10), targets, points, CONFIG)
+    half = jitted_loss(random_outputs(10, jnp.bfloat16), targets, points, CONFIG)
+    assert half[0].dtype == jnp.float32 and all(v.dtype == jnp.float32 for v in half[1].values())
+    assert float(half[0]) == pytest.approx(float(ours[0]), rel=2e-2)
+
+
+@pytest.mark.parametrize("bad", [K, -2])
+def test_labels_out_of_range_raise(bad):
+    masks, labels = random_targets(11)
+    labels[1][1] = bad
+    targets = pad_targets_batch(masks, labels, M)
+    with pytest.raises(ValueError, match=f"image 1: label {bad} is outside"):
+        check_targets(targets, K)
+    with pytest.raises(ValueError, match="image 1"):
+        mask2former_loss(random_outputs(0), targets, jax.random.key(0), CONFIG)
+    check_targets(padded(11), K)  # padded slots (-1) are not labels
+
+
+def test_config_is_checked():
+    with pytest.raises(ValueError, match="matcher"):
+        LossConfig(matcher="greedy")
+    with pytest.raises(ValueError, match="candidates"):
+        LossConfig(oversample_ratio=0.5)
