@@ -17,7 +17,7 @@ import os
 import sys
 import time
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "an experiment config file (configs/*.py)")
@@ -31,6 +31,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv) -> int:
     del argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save and restore step at INFO
     from m2f_jax.training.mesh import initialize_distributed
 
     initialize_distributed()  # before anything touches the devices
@@ -42,6 +43,7 @@ def main(argv) -> int:
     from m2f_jax.training.checkpoint import Checkpoints
     from m2f_jax.training.mesh import global_batch, make_mesh
     from m2f_jax.training.metrics import MetricsLog
+    from m2f_jax.training.step import check_batch
 
     c, workdir = _CONFIG.value, _WORKDIR.value
     lead = jax.process_index() == 0
@@ -51,6 +53,7 @@ def main(argv) -> int:
 
     batches = experiment.train_batches(c, jax.process_index(), jax.process_count())
     model_config = experiment.model_config(c, batches.dataset)
+    experiment.check_experiment(c, model_config)
     opt_config, schedule = experiment.optimizer_config(c)
     graphdef, state = experiment.initial_state(c, model_config, opt_config, mesh)
     step_fn = experiment.jitted_train_step(c, graphdef, opt_config, state, mesh)
@@ -75,7 +78,9 @@ def main(argv) -> int:
     log = MetricsLog(workdir, enabled=lead)
     start, timed_from = time.perf_counter(), None
     for step in range(first, c.steps):
-        batch = global_batch(next(batches), mesh)
+        local = next(batches)
+        check_batch(local, model_config.num_labels, step)
+        batch = global_batch(local, mesh)
         state, metrics = step_fn(state, batch)
         done = step + 1
         if not bool(jax.device_get(metrics["finite"])):

@@ -58,9 +58,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.optimizer.warmup_factor = 0.01
     c.optimizer.accumulation_steps = 1
 
-    c.steps = 1500
+    c.steps = 800
     c.batch_size = 16  # global, over all processes and devices
     c.fsdp = 1
+    c.remat = False  # recompute activations in the backward pass (large images or batches)
+    c.compute_dtype = "float32"  # "bfloat16" on GPUs and TPUs (parameters and optimizer stay float32)
     c.log_every = 25
     c.checkpoint_every = 250
     c.keep_checkpoints = 2

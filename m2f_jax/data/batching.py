@@ -24,6 +24,11 @@ _MEAN = np.asarray(IMAGENET_MEAN, np.float32)
 _STD = np.asarray(IMAGENET_STD, np.float32)
 
 
+def normalize(images: np.ndarray) -> np.ndarray:
+    """uint8 RGB (..., H, W, 3) -> float32 model input, ImageNet-normalised as HF's processor does."""
+    return (np.asarray(images).astype(np.float32) / 255 - _MEAN) / _STD
+
+
 class TrainBatches:
     """An endless iterator of this process's rows of each global batch, as numpy arrays:
 
@@ -122,7 +127,7 @@ class TrainBatches:
         images = np.stack(images)
         targets = pad_targets_batch(masks, labels, self.max_instances)
         return {
-            "pixel_values": (images.astype(np.float32) / 255 - _MEAN) / _STD,
+            "pixel_values": normalize(images),
             "pixel_mask": np.ones(images.shape[:3], bool),
             "mask_labels": targets.masks,
             "class_labels": targets.labels,

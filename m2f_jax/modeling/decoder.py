@@ -21,6 +21,7 @@ from m2f_jax.config import Mask2FormerConfig
 from m2f_jax.modeling.pixel_decoder import NUM_LEVELS
 from m2f_jax.modeling.position import sine_position_embedding
 from m2f_jax.modeling.precision import widen
+from m2f_jax.modeling.remat import call_layer
 from m2f_jax.modeling.valid_region import resize_valid, token_mask
 
 
@@ -156,7 +157,13 @@ class TransformerModule(nnx.Module):
         self.decoder = MaskedAttentionDecoder(config, rngs=rngs)
 
     def __call__(
-        self, multi_scale_features, mask_features, feature_sizes, mask_sizes, deterministic: bool = True
+        self,
+        multi_scale_features,
+        mask_features,
+        feature_sizes,
+        mask_sizes,
+        deterministic: bool = True,
+        remat: bool = False,
     ) -> DecoderOutput:
         """multi_scale_features: the pixel decoder's maps, coarsest first, with per-image valid sizes
         feature_sizes ((B, 2) each); mask_features (B, H, W, C) with valid sizes mask_sizes."""
@@ -179,7 +186,10 @@ class TransformerModule(nnx.Module):
         intermediate, masks = [normed], [mask_logits]
         for i, layer in enumerate(decoder.layers):
             level = i % NUM_LEVELS
-            x = layer(x, query_pos, memories[level], memory_pos[level], blocked, deterministic)
+            x = call_layer(
+                layer, x, query_pos, memories[level], memory_pos[level], blocked, deterministic,
+                remat=remat, static_argnums=(5,),
+            )  # fmt: skip
             normed = decoder.layernorm(x)
             nxt = (i + 1) % NUM_LEVELS
             mask_logits, blocked = decoder.mask_predictor(

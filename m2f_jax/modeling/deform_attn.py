@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from m2f_jax.modeling.precision import wide_dtype, widen
 
 
-_CORNER_DY = jnp.array([0, 0, 1, 1])
-_CORNER_DX = jnp.array([0, 1, 0, 1])
+_CORNER_DY = np.array([0, 0, 1, 1])  # numpy: importing must not start the XLA backend
+_CORNER_DX = np.array([0, 1, 0, 1])
 
 
 def _bilinear_corners(locations: jnp.ndarray, height, width):

@@ -64,26 +64,30 @@ class Mask2FormerForUniversalSegmentation(nnx.Module):
         *,
         deterministic: bool = True,
         output_hidden_states: bool = False,
+        remat: bool = False,
     ) -> Mask2FormerOutput:
         """pixel_values (B, H, W, C) float; pixel_mask (B, H, W), True on real pixels, which must form
         a top-left rectangle of each image (as the image processor pads). Each image's predictions
         on its valid region then equal those for the image alone; outside it they mean nothing.
-        `deterministic=False` turns dropout and drop-path on (the model's 'dropout' RNG stream)."""
+        `deterministic=False` turns dropout and drop-path on (the model's 'dropout' RNG stream).
+        `remat=True` recomputes every Swin block's and decoder layer's activations in the backward
+        pass instead of storing them (less memory for training, the same values)."""
         self._check_inputs(pixel_values, pixel_mask)
         b, height, width, _ = pixel_values.shape
         sizes = image_sizes(pixel_mask, b, height, width)
         if pixel_mask is not None:
             pixel_values = jnp.where(token_mask(sizes, height, width)[..., None], pixel_values, 0.0)
         backbone = self.model.pixel_level_module.encoder
-        features = backbone(pixel_values, sizes, deterministic)
+        features = backbone(pixel_values, sizes, deterministic, remat)
         per_stage = stage_sizes(sizes, self.config.backbone_config.patch_size, len(features))
-        pixel_decoder = self.model.pixel_level_module.decoder(features, per_stage, deterministic)
+        pixel_decoder = self.model.pixel_level_module.decoder(features, per_stage, deterministic, remat)
         decoded = self.model.transformer_module(
             pixel_decoder.multi_scale_features,
             pixel_decoder.mask_features,
             per_stage[::-1][:3],
             per_stage[0],
             deterministic,
+            remat,
         )
         class_logits = [self.class_predictor(h) for h in decoded.intermediate_hidden_states]
         auxiliary = tuple(

@@ -22,6 +22,7 @@ from m2f_jax.config import Mask2FormerConfig
 from m2f_jax.modeling.deform_attn import MultiscaleDeformableAttention
 from m2f_jax.modeling.position import sine_position_embedding
 from m2f_jax.modeling.precision import wide_dtype
+from m2f_jax.modeling.remat import call_layer
 from m2f_jax.modeling.valid_region import resize_valid, token_mask
 
 NUM_LEVELS = 3  # deformable attention runs on strides 8, 16 and 32
@@ -112,7 +113,11 @@ class PixelDecoder(nnx.Module):
         self.dropout_rate = config.dropout
 
     def __call__(
-        self, features: tuple[jnp.ndarray, ...], sizes: list[jnp.ndarray], deterministic: bool = True
+        self,
+        features: tuple[jnp.ndarray, ...],
+        sizes: list[jnp.ndarray],
+        deterministic: bool = True,
+        remat: bool = False,
     ) -> PixelDecoderOutput:
         """features: the backbone's four maps, stride 4 first, (B, h, w, C_i); sizes: each image's
         valid (h, w) in each of them, (B, 2) per map."""
@@ -138,7 +143,10 @@ class PixelDecoder(nnx.Module):
         ref = reference_points(spatial_shapes, valid_shapes, levels[0].dtype)
         ref = jnp.broadcast_to(ref[:, :, None, :], (b, ref.shape[1], NUM_LEVELS, 2))
         for layer in self.encoder.layers:
-            x = layer(x, pos, ref, spatial_shapes, valid_shapes, valid_tokens, deterministic)
+            x = call_layer(
+                layer, x, pos, ref, spatial_shapes, valid_shapes, valid_tokens, deterministic,
+                remat=remat, static_argnums=(3, 6),
+            )  # fmt: skip
 
         outputs, start = [], 0
         for h, w in spatial_shapes:

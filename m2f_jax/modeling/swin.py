@@ -19,6 +19,7 @@ from flax import nnx
 
 from m2f_jax.config import SwinConfig
 from m2f_jax.modeling.precision import widen
+from m2f_jax.modeling.remat import call_layer
 from m2f_jax.modeling.valid_region import image_sizes, stage_sizes, token_mask
 
 
@@ -235,10 +236,15 @@ class SwinBackbone(nnx.Module):
         )
 
     def __call__(
-        self, pixel_values: jnp.ndarray, sizes: jnp.ndarray | None = None, deterministic: bool = True
+        self,
+        pixel_values: jnp.ndarray,
+        sizes: jnp.ndarray | None = None,
+        deterministic: bool = True,
+        remat: bool = False,
     ) -> tuple[jnp.ndarray, ...]:
         """`sizes` (B, 2): each image's valid (h, w) in pixels (default: the whole input); the
-        features outside each image's valid region are not meaningful."""
+        features outside each image's valid region are not meaningful. `remat`: recompute each
+        block's activations in the backward pass."""
         b, height, width, _ = pixel_values.shape
         if sizes is None:
             sizes = image_sizes(None, b, height, width)
@@ -248,7 +254,7 @@ class SwinBackbone(nnx.Module):
         for name, stage, stage_size in zip(self.config.out_features, self.encoder.layers, per_stage):
             valid = token_mask(stage_size, x.shape[1], x.shape[2])
             for block in stage.blocks:
-                x = block(x, valid, stage_size, deterministic)
+                x = call_layer(block, x, valid, stage_size, deterministic, remat=remat, static_argnums=(3,))
             features.append(self.hidden_states_norms[name](x))
             if stage.downsample is not None:
                 x = stage.downsample(x, valid)

@@ -25,28 +25,35 @@ def _keys_to_data(tree: Any) -> Any:
 
 
 def _data_to_keys(tree: Any, like: Any) -> Any:
-    return jax.tree.map(lambda x, ref: jax.random.wrap_key_data(x, impl=jax.random.key_impl(ref)) if _is_key(ref) else x, tree, like)
+    """Raw key data back to typed keys (of the default PRNG implementation, which made them)."""
+    return jax.tree.map(lambda x, ref: jax.random.wrap_key_data(x) if _is_key(ref) else x, tree, like)
 
 
 def _abstract(tree: Any) -> Any:
-    """ShapeDtypeStructs (with the arrays' shardings) of the stored form of `tree`."""
+    """ShapeDtypeStructs (with the arrays' shardings) of the stored form of `tree` (arrays or
+    ShapeDtypeStructs)."""
     stored = jax.eval_shape(_keys_to_data, tree)
-    shardings = jax.tree.map(lambda x: getattr(x, "sharding", None), _keys_to_data(tree))
+    shardings = jax.tree.map(lambda x: getattr(x, "sharding", None), tree)
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), stored, shardings)
 
 
 class Checkpoints:
     """The checkpoints of one run, under `workdir/checkpoints`, keeping the last `keep`."""
 
-    def __init__(self, workdir: str, keep: int = 3):
+    def __init__(self, workdir: str, keep: int = 3, create: bool = True):
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        if not create and not os.path.isdir(self.directory):
+            raise FileNotFoundError(f"no checkpoints in {workdir} (expected {self.directory})")
         self.manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create, enable_async_checkpointing=False),
         )
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
 
     def save(self, step: int, state: Any, data_state: Mapping[str, Any]) -> None:
         self.manager.save(
@@ -57,8 +64,8 @@ class Checkpoints:
         self.manager.wait_until_finished()
 
     def restore(self, like: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
-        """The state saved at `step` (default: the latest), shaped and sharded like `like`, and the
-        data iterator's state."""
+        """The state saved at `step` (default: the latest), shaped and sharded like `like` (arrays
+        or ShapeDtypeStructs with shardings), and the data iterator's state."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")

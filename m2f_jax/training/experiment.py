@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import nnx
 
@@ -62,6 +63,15 @@ def model_config(c: Any, data: SyntheticDataset) -> Mask2FormerConfig:
     return Mask2FormerConfig(backbone_config=backbone, id2label=id2label, **{k: m[k] for k in _MODEL_FIELDS})
 
 
+def check_experiment(c: Any, config: Mask2FormerConfig) -> None:
+    """Settings that would only fail inside the compiled step, checked before any work."""
+    if c.data.max_instances > config.num_queries:
+        raise ValueError(
+            f"data.max_instances={c.data.max_instances} target slots but model num_queries={config.num_queries}: "
+            "every target needs its own query; lower max_instances or raise num_queries"
+        )
+
+
 def loss_config(c: Any) -> LossConfig:
     return LossConfig(**c.loss.to_dict())
 
@@ -73,6 +83,26 @@ def optimizer_config(c: Any) -> tuple[OptimizerConfig, optax.Schedule]:
     return config, learning_rate_schedule(config)
 
 
+def _state_builder(c: Any, config: Mask2FormerConfig, opt_config: OptimizerConfig):
+    """(graphdef, a function creating the initial TrainState from random weights)."""
+
+    def build():
+        return Mask2FormerForUniversalSegmentation(config, rngs=nnx.Rngs(params=c.seed, dropout=c.seed + 1))
+
+    graphdef, abstract_params, _ = nnx.split(nnx.eval_shape(build), nnx.Param, ...)
+    tx = build_optimizer(opt_config, abstract_params)
+    return graphdef, lambda: init_state(build(), tx, c.seed + 2)[1]
+
+
+def abstract_state(c: Any, config: Mask2FormerConfig, opt_config: OptimizerConfig, mesh) -> tuple[nnx.GraphDef, Any]:
+    """(graphdef, the TrainState as ShapeDtypeStructs with their shardings): what a checkpoint
+    restores into, without creating any weights."""
+    graphdef, init = _state_builder(c, config, opt_config)
+    shapes = jax.eval_shape(init)
+    shardings = state_sharding(mesh, shapes)
+    return graphdef, jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+
+
 def initial_state(c: Any, config: Mask2FormerConfig, opt_config: OptimizerConfig, mesh) -> tuple[nnx.GraphDef, TrainState]:
     """(graphdef, TrainState) placed on the mesh: random weights created directly in their
     shards, or the weights of `model.init_from`."""
@@ -82,16 +112,7 @@ def initial_state(c: Any, config: Mask2FormerConfig, opt_config: OptimizerConfig
         model = from_pretrained(c.model.init_from, seed=c.seed)
         graphdef, state = init_state(model, build_optimizer(opt_config, nnx.state(model, nnx.Param)), c.seed)
         return graphdef, jax.device_put(state, state_sharding(mesh, state))
-
-    def build():
-        return Mask2FormerForUniversalSegmentation(config, rngs=nnx.Rngs(params=c.seed, dropout=c.seed + 1))
-
-    graphdef, abstract_params, _ = nnx.split(nnx.eval_shape(build), nnx.Param, ...)
-    tx = build_optimizer(opt_config, abstract_params)
-
-    def init() -> TrainState:
-        return init_state(build(), tx, c.seed + 2)[1]
-
+    graphdef, init = _state_builder(c, config, opt_config)
     shardings = state_sharding(mesh, jax.eval_shape(init))
     return graphdef, jax.jit(init, out_shardings=shardings)()
 
@@ -100,7 +121,7 @@ def jitted_train_step(c: Any, graphdef: nnx.GraphDef, opt_config: OptimizerConfi
     """The step under jax.jit: the state keeps its shardings and is donated; the batch is split
     over every device; the metrics come back replicated."""
     tx = build_optimizer(opt_config, state.params)
-    step = make_train_step(graphdef, tx, loss_config(c))
+    step = make_train_step(graphdef, tx, loss_config(c), compute_dtype=jnp.dtype(c.compute_dtype), remat=c.remat)
     shardings = jax.tree.map(lambda x: x.sharding, state)
     return jax.jit(
         step,

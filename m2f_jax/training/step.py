@@ -15,7 +15,7 @@ import optax
 from flax import nnx, struct
 
 from m2f_jax.config import Mask2FormerConfig
-from m2f_jax.losses import LossConfig, mask2former_loss
+from m2f_jax.losses import LossConfig, check_targets, mask2former_loss
 from m2f_jax.modeling import Mask2FormerForUniversalSegmentation
 from m2f_jax.processing.targets import PaddedTargets
 
@@ -61,23 +61,48 @@ def targets_of(batch: Mapping[str, jax.Array]) -> PaddedTargets:
     return PaddedTargets(masks=batch["mask_labels"], labels=batch["class_labels"], valid=batch["mask_valid"])
 
 
+def check_batch(batch: Mapping[str, Any], num_labels: int, step: int) -> None:
+    """Host-side check of a batch before it reaches the step (where a traced label cannot be
+    checked and an out-of-range one would silently index the wrong class)."""
+    try:
+        check_targets(targets_of(batch), num_labels)
+    except ValueError as error:
+        raise ValueError(f"training batch {step}: {error}") from None
+
+
+def cast_floating(tree: Any, dtype: Any) -> Any:
+    """Every floating-point leaf of `tree` cast to `dtype` (integer leaves, e.g. RNG counts, kept)."""
+    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
 def make_train_step(
-    graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, loss_config: LossConfig
+    graphdef: nnx.GraphDef,
+    optimizer: optax.GradientTransformation,
+    loss_config: LossConfig,
+    compute_dtype: Any = jnp.float32,
+    remat: bool = False,
 ) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """The step: forward in training mode, the matched loss on every prediction, gradients, one
     optimizer update. A non-finite loss or gradient norm leaves the state untouched (and says so
-    in metrics["finite"]), so the caller can stop with the last good state."""
+    in metrics["finite"]), so the caller can stop with the last good state.
+
+    compute_dtype: the forward and backward run on a copy of the parameters and the images in this
+    dtype (bfloat16 on accelerators); the parameters, gradients and optimizer state stay float32,
+    and the modules keep softmax, norm statistics, sampling and the loss in float32.
+    remat: recompute the layers' activations in the backward pass (see the model's `remat`)."""
 
     def loss_fn(params, rngs, batch, key):
-        model = nnx.merge(graphdef, params, rngs, copy=True)  # fresh Variables at this trace level
-        outputs = model(batch["pixel_values"], pixel_mask=batch["pixel_mask"], deterministic=False)
+        # copy=True: fresh Variables at this trace level, so dropout can advance the RNG counts.
+        model = nnx.merge(graphdef, cast_floating(params, compute_dtype), rngs, copy=True)
+        pixels = batch["pixel_values"].astype(compute_dtype)
+        outputs = model(pixels, pixel_mask=batch["pixel_mask"], deterministic=False, remat=remat)
         loss, parts = mask2former_loss(outputs, targets_of(batch), key, loss_config)
         return loss, (parts, nnx.state(model, nnx.Not(nnx.Param)))
 
     def step(state: TrainState, batch: Mapping[str, jax.Array]):
         key = jax.random.fold_in(state.loss_key, state.step)
         (loss, (parts, rngs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state.rngs, batch, key)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)

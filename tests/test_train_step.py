@@ -1,0 +1,118 @@
+"""The jitted training step on awkward batches: an image without any object, a non-finite input
+(the state must not change), and labels outside the label set (a clear error before the step);
+the remat and bfloat16 switches."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from m2f_jax.modeling import Mask2FormerForUniversalSegmentation
+from m2f_jax.training import experiment
+from m2f_jax.training.mesh import global_batch, make_mesh
+from m2f_jax.training.step import cast_floating, check_batch
+from tiny_experiment import get_config
+
+
+@pytest.fixture(scope="module")
+def setup():
+    c = get_config()
+    c.optimizer.eps = 1e-2  # updates proportional to the gradient, for the remat comparison (see train_worker.py)
+    mesh = make_mesh(1, devices=jax.devices()[:1])
+    batches = experiment.train_batches(c, 0, 1)
+    config = experiment.model_config(c, batches.dataset)
+    opt_config, _ = experiment.optimizer_config(c)
+    graphdef, state = experiment.initial_state(c, config, opt_config, mesh)
+    remat = c.copy_and_resolve_references()
+    remat.remat = True  # the awkward batches go through the rematerialised step
+    step = experiment.jitted_train_step(remat, graphdef, opt_config, state, mesh)
+    return c, mesh, batches, config, state, step
+
+
+def host_params(state):
+    return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state.params))]
+
+
+def test_image_without_objects_and_non_finite_input(setup):
+    c, mesh, batches, config, state, step = setup
+    batch = batches.batch_at(0)
+    batch["mask_valid"][0], batch["class_labels"][0], batch["mask_labels"][0] = False, -1, False
+    check_batch(batch, config.num_labels, 0)
+    before = host_params(state)
+    state, metrics = step(state, global_batch(batch, mesh))
+    assert bool(metrics["finite"]) and np.isfinite(float(metrics["loss"])) and int(state.step) == 1
+    after = host_params(state)
+    assert any(not np.array_equal(a, b) for a, b in zip(before, after))
+
+    nan_batch = batches.batch_at(1)
+    nan_batch["pixel_values"][2, 5, 5, 0] = np.nan
+    state, metrics = step(state, global_batch(nan_batch, mesh))
+    assert not bool(metrics["finite"]) and int(state.step) == 1
+    for a, b in zip(after, host_params(state)):
+        np.testing.assert_array_equal(a, b)  # the last good state, untouched
+
+
+@pytest.mark.parametrize("label", [7, -2])
+def test_labels_outside_the_label_set(setup, label):
+    c, mesh, batches, config, state, step = setup
+    batch = batches.batch_at(0)
+    batch["class_labels"][1, 0] = label
+    with pytest.raises(ValueError, match=rf"training batch 3: image 1: label {label} is outside \[0, 7\)"):
+        check_batch(batch, config.num_labels, 3)
+
+
+def test_more_target_slots_than_queries(setup):
+    c, _, batches, config, *_ = setup
+    c = c.copy_and_resolve_references()
+    c.data.max_instances = config.num_queries + 1
+    with pytest.raises(ValueError, match="every target needs its own query"):
+        experiment.check_experiment(c, config)
+
+
+@pytest.fixture(scope="module")
+def fp32_step(setup):
+    """Loss and parameters after one float32 step from a fresh initial state, on batch 0."""
+    c, mesh, batches, config, _, _ = setup
+    return one_step(c, mesh, batches, config)
+
+
+def one_step(c, mesh, batches, config, **changes):
+    c = c.copy_and_resolve_references()
+    c.update(changes)
+    opt_config, _ = experiment.optimizer_config(c)
+    graphdef, state = experiment.initial_state(c, config, opt_config, mesh)
+    step = experiment.jitted_train_step(c, graphdef, opt_config, state, mesh)
+    state, metrics = step(state, global_batch(batches.batch_at(0), mesh))
+    return float(metrics["loss"]), host_params(state)
+
+
+def test_remat_changes_nothing(setup, fp32_step):
+    """The setup's step is rematerialised; one step of it from a fresh state equals the plain step."""
+    c, mesh, batches, config, _, _ = setup
+    opt_config, _ = experiment.optimizer_config(c)
+    graphdef, state = experiment.initial_state(c, config, opt_config, mesh)
+    state, metrics = setup[5](state, global_batch(batches.batch_at(0), mesh))
+    assert float(metrics["loss"]) == pytest.approx(fp32_step[0], rel=1e-6)
+    for a, b in zip(fp32_step[1], host_params(state)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_bfloat16_forward_follows_float32(setup):
+    """compute_dtype=bfloat16 as the step applies it (parameters and images cast): bf16 outputs
+    within a few percent of float32's on the same weights."""
+    c, _, batches, config, _, _ = setup
+    model = Mask2FormerForUniversalSegmentation(config, rngs=nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    forward = jax.jit(lambda p, x: nnx.merge(graphdef, p, rest)(x))
+    pixels = jnp.asarray(batches.batch_at(0)["pixel_values"])
+    full = forward(params, pixels)
+    half = forward(cast_floating(params, jnp.bfloat16), pixels.astype(jnp.bfloat16))
+    for name in ("class_queries_logits", "masks_queries_logits"):
+        a, b = np.asarray(getattr(full, name)), getattr(half, name)
+        assert b.dtype == jnp.bfloat16, name
+        b = np.asarray(b.astype(jnp.float32))
+        assert np.abs(a - b).mean() < 0.1 * np.abs(a).mean(), name
+        assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99, name

@@ -1,0 +1,22 @@
+"""configs/synthetic.py scaled down to compile and run in seconds (tests start train.py and
+tests/train_worker.py with it)."""
+
+import importlib.util
+import os
+
+import ml_collections
+
+_SYNTHETIC = os.path.join(os.path.dirname(__file__), "..", "configs", "synthetic.py")
+
+
+def get_config() -> ml_collections.ConfigDict:
+    spec = importlib.util.spec_from_file_location("synthetic_config", _SYNTHETIC)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config()
+    c.steps, c.batch_size = 3, 8
+    c.data.train_images, c.data.eval_images, c.data.image_size, c.data.max_instances = 32, 8, (32, 32), 12
+    c.model.update(num_queries=12, encoder_layers=1, decoder_layers=2, drop_path_rate=0.1)
+    c.loss.num_points = 64
+    c.optimizer.warmup_steps = 0
+    return c
