@@ -5,7 +5,7 @@
 # Rerunning with the same WORKDIR resumes the training from its last checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/setup_env.sh
+source scripts/setup_env.sh ""  # no extras (and not this script's arguments)
 workdir="${1:-runs/synthetic}"
 shift $(( $# > 0 ? 1 : 0 ))
 python train.py --config configs/synthetic.py --workdir "$workdir" "$@"

@@ -344,3 +344,35 @@ def test_panoptic_errors():
     assert evaluator.tp.sum() + evaluator.fp.sum() + evaluator.fn.sum() == 0
     with pytest.raises(ValueError, match="unique"):
         PanopticEvaluator(CATEGORIES + [CATEGORIES[0]])
+
+
+def test_panoptic_segments_of_the_jitted_result_equal_the_host_post_processing():
+    """evaluate()'s reading of `panoptic_inference` gives what `post_process_panoptic_segmentation`
+    gives for the same logits, fused stuff segments included."""
+    from types import SimpleNamespace
+
+    from m2f_jax.evaluation.evaluate import panoptic_segments
+    from m2f_jax.processing.postprocess import panoptic_inference, post_process_panoptic_segmentation
+
+    rng = np.random.default_rng(3)
+    class_logits = rng.normal(0, 1, (2, 16, 6)).astype(np.float32)
+    class_logits[np.arange(2)[:, None], np.arange(16), rng.integers(0, 6, (2, 16))] += 8.0  # confident queries
+    mask_logits = rng.normal(-3, 1, (2, 16, 12, 12)).astype(np.float32)
+    for b, q in np.ndindex(2, 16):  # each query: a random box
+        y, x = rng.integers(0, 9, 2)
+        mask_logits[b, q, y : y + rng.integers(2, 6), x : x + rng.integers(2, 6)] += 7.0
+    fuse = np.array([True, True, False, False, False])
+    host = post_process_panoptic_segmentation(
+        SimpleNamespace(class_queries_logits=class_logits, masks_queries_logits=mask_logits),
+        threshold=0.5, label_ids_to_fuse={0, 1},
+    )  # fmt: skip
+    device = jax.device_get(panoptic_inference(class_logits, mask_logits, 0.5, fuse_classes=fuse, size=(48, 48)))
+    for b in range(2):
+        ours = panoptic_segments(device, b)
+        np.testing.assert_array_equal(ours["segmentation"], host[b]["segmentation"])
+        assert [(s["id"], s["label_id"]) for s in ours["segments_info"]] == [
+            (s["id"], s["label_id"]) for s in host[b]["segments_info"]
+        ]
+        np.testing.assert_allclose([s["score"] for s in ours["segments_info"]],
+                                   [s["score"] for s in host[b]["segments_info"]], atol=1e-5)  # fmt: skip
+    assert sum(len(h["segments_info"]) for h in host) >= 4

@@ -16,7 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
     c = module.get_config()
     c.steps, c.batch_size = 3, 8
     c.data.train_images, c.data.eval_images, c.data.image_size, c.data.max_instances = 32, 8, (32, 32), 12
-    c.model.update(num_queries=12, encoder_layers=1, decoder_layers=2, drop_path_rate=0.1)
+    c.model.update(depths=(1, 1, 1, 1), num_queries=12, encoder_layers=1, decoder_layers=2, drop_path_rate=0.1)
     c.loss.num_points = 64
     c.optimizer.warmup_steps = 0
     return c

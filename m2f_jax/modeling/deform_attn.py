@@ -22,8 +22,8 @@ from flax import nnx
 from m2f_jax.modeling.precision import wide_dtype, widen
 
 
-_CORNER_DY = np.array([0, 0, 1, 1])  # numpy: importing must not start the XLA backend
-_CORNER_DX = np.array([0, 1, 0, 1])
+_CORNER_DY = np.array([0, 0, 1, 1], np.int32)  # numpy: importing must not start the XLA backend
+_CORNER_DX = np.array([0, 1, 0, 1], np.int32)
 
 
 def _bilinear_corners(locations: jnp.ndarray, height, width):
