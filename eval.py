@@ -62,7 +62,10 @@ def main(argv) -> int:
     for i, result in enumerate(shown):
         sample = data[i]
         zoom = max(1, 256 // max(sample["image"].shape[:2]))  # small images drawn larger (nearest)
-        big = lambda x: np.repeat(np.repeat(np.asarray(x), zoom, 0), zoom, 1)  # noqa: E731
+
+        def big(x, zoom=zoom):
+            return np.repeat(np.repeat(np.asarray(x), zoom, 0), zoom, 1)
+
         truth = {
             "segmentation": big(sample["instances"]),
             "segments_info": [{"id": s["id"], "label_id": s["category_id"]} for s in sample["segments_info"]],

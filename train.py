@@ -12,7 +12,6 @@ M2F_PROCESS_ID set (TPU pods and SLURM need none of them).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -75,14 +74,7 @@ def main(argv) -> int:
     # ------------------------------------------------------------------------------------------------
     # The loop
 
-    log = MetricsLog(workdir, enabled=lead)
-    start, timed_from = time.perf_counter(), None
-    for step in range(first, c.steps):
-        local = next(batches)
-        check_batch(local, model_config.num_labels, step)
-        batch = global_batch(local, mesh)
-        state, metrics = step_fn(state, batch)
-        done = step + 1
+    def stop_if_non_finite(done: int, metrics) -> None:
         if not bool(jax.device_get(metrics["finite"])):
             last = checkpoints.latest_step()
             sys.exit(
@@ -91,15 +83,29 @@ def main(argv) -> int:
                 f"({'step ' + str(last) if last is not None else 'none'}) is intact. Lower the learning rate "
                 "or check the data."
             )
+
+    log = MetricsLog(workdir, enabled=lead)
+    start, timed_from = time.perf_counter(), None
+    pending = None  # the previous step's (number, metrics), checked once the next step is queued
+    for step in range(first, c.steps):
+        local = next(batches)
+        check_batch(local, model_config.num_labels, step)
+        state, metrics = step_fn(state, global_batch(local, mesh))
+        done = step + 1
+        if pending is not None:  # the device runs this step while the host checks the last one
+            stop_if_non_finite(*pending)
+        pending = (done, metrics)
         if timed_from is None:  # the first step includes compilation
             timed_from, start = done, time.perf_counter()
         if done % c.log_every == 0 or done == c.steps:
+            stop_if_non_finite(done, metrics)
             elapsed = time.perf_counter() - start
             rate = (done - timed_from) / elapsed if elapsed > 0 and done > timed_from else float("nan")
             scalars = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
             scalars.update(learning_rate=float(schedule(done - 1)), images_per_s=rate * c.batch_size)
-            log.write(done, scalars, eta_s=(c.steps - done) / rate if rate == rate and rate > 0 else None)
+            log.write(done, scalars, eta_s=(c.steps - done) / rate if rate > 0 else None)  # NaN > 0 is False
         if done % c.checkpoint_every == 0 or done == c.steps:
+            stop_if_non_finite(done, metrics)  # never save a state whose data position ran past a skipped step
             checkpoints.save(done, state, batches.get_state())
     log.close()
     checkpoints.close()

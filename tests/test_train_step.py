@@ -9,12 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from tiny_experiment import get_config
 
 from m2f_jax.modeling import Mask2FormerForUniversalSegmentation
 from m2f_jax.training import experiment
 from m2f_jax.training.mesh import global_batch, make_mesh
 from m2f_jax.training.step import cast_floating, check_batch
-from tiny_experiment import get_config
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def host_params(state):
 
 
 def test_image_without_objects_and_non_finite_input(setup):
-    c, mesh, batches, config, state, step = setup
+    _, mesh, batches, config, state, step = setup
     batch = batches.batch_at(0)
     batch["mask_valid"][0], batch["class_labels"][0], batch["mask_labels"][0] = False, -1, False
     check_batch(batch, config.num_labels, 0)
@@ -57,7 +57,7 @@ def test_image_without_objects_and_non_finite_input(setup):
 
 @pytest.mark.parametrize("label", [7, -2])
 def test_labels_outside_the_label_set(setup, label):
-    c, mesh, batches, config, state, step = setup
+    _, _, batches, config, _, _ = setup
     batch = batches.batch_at(0)
     batch["class_labels"][1, 0] = label
     with pytest.raises(ValueError, match=rf"training batch 3: image 1: label {label} is outside \[0, 7\)"):
@@ -65,7 +65,7 @@ def test_labels_outside_the_label_set(setup, label):
 
 
 def test_more_target_slots_than_queries(setup):
-    c, _, batches, config, *_ = setup
+    c, _, _, config, *_ = setup
     c = c.copy_and_resolve_references()
     c.data.max_instances = config.num_queries + 1
     with pytest.raises(ValueError, match="every target needs its own query"):
@@ -93,7 +93,7 @@ def test_remat_changes_nothing(setup, fp32_step):
     """The setup's step is rematerialised; one step of it from a fresh state equals the plain step."""
     c, mesh, batches, config, _, _ = setup
     opt_config, _ = experiment.optimizer_config(c)
-    graphdef, state = experiment.initial_state(c, config, opt_config, mesh)
+    _, state = experiment.initial_state(c, config, opt_config, mesh)
     state, metrics = setup[5](state, global_batch(batches.batch_at(0), mesh))
     assert float(metrics["loss"]) == pytest.approx(fp32_step[0], rel=1e-6)
     for a, b in zip(fp32_step[1], host_params(state)):
@@ -103,7 +103,7 @@ def test_remat_changes_nothing(setup, fp32_step):
 def test_bfloat16_forward_follows_float32(setup):
     """compute_dtype=bfloat16 as the step applies it (parameters and images cast): bf16 outputs
     within a few percent of float32's on the same weights."""
-    c, _, batches, config, _, _ = setup
+    _, _, batches, config, _, _ = setup
     model = Mask2FormerForUniversalSegmentation(config, rngs=nnx.Rngs(0))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     forward = jax.jit(lambda p, x: nnx.merge(graphdef, p, rest)(x))

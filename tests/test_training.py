@@ -47,7 +47,8 @@ def runs(tmp_path_factory):
     ]  # fmt: skip
     for process, log in processes:
         process.wait(timeout=900)
-        assert process.returncode == 0, open(log).read()[-4000:]
+        with open(log) as f:
+            assert process.returncode == 0, f.read()[-4000:]
     return np.load(one), np.load(two)
 
 

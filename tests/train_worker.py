@@ -27,11 +27,10 @@ def main() -> None:
     import jax
     import numpy as np
     from jax.experimental import multihost_utils
+    from tiny_experiment import get_config
 
     from m2f_jax.training import experiment
     from m2f_jax.training.mesh import global_batch, make_mesh
-
-    from tiny_experiment import get_config
 
     c = get_config()
     c.steps = args.steps

@@ -3,7 +3,8 @@ mIoU (semantic) and PQ (panoptic) on the host, and colour overlays of the first 
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np

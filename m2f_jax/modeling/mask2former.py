@@ -70,8 +70,8 @@ class Mask2FormerForUniversalSegmentation(nnx.Module):
         a top-left rectangle of each image (as the image processor pads). Each image's predictions
         on its valid region then equal those for the image alone; outside it they mean nothing.
         `deterministic=False` turns dropout and drop-path on (the model's 'dropout' RNG stream).
-        `remat=True` recomputes every Swin block's and decoder layer's activations in the backward
-        pass instead of storing them (less memory for training, the same values)."""
+        `remat=True` recomputes the activations of every Swin block, pixel-decoder layer and decoder
+        layer in the backward pass instead of storing them (less memory for training, same values)."""
         self._check_inputs(pixel_values, pixel_mask)
         b, height, width, _ = pixel_values.shape
         sizes = image_sizes(pixel_mask, b, height, width)

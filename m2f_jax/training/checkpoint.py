@@ -10,7 +10,8 @@ saving leaves the previous checkpoint usable.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
@@ -58,7 +59,9 @@ class Checkpoints:
     def save(self, step: int, state: Any, data_state: Mapping[str, Any]) -> None:
         self.manager.save(
             step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(_keys_to_data(state)), data=ocp.args.JsonSave(dict(data_state))),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(_keys_to_data(state)), data=ocp.args.JsonSave(dict(data_state))
+            ),
             force=True,
         )
         self.manager.wait_until_finished()

@@ -103,7 +103,9 @@ def abstract_state(c: Any, config: Mask2FormerConfig, opt_config: OptimizerConfi
     return graphdef, jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
 
 
-def initial_state(c: Any, config: Mask2FormerConfig, opt_config: OptimizerConfig, mesh) -> tuple[nnx.GraphDef, TrainState]:
+def initial_state(
+    c: Any, config: Mask2FormerConfig, opt_config: OptimizerConfig, mesh
+) -> tuple[nnx.GraphDef, TrainState]:
     """(graphdef, TrainState) placed on the mesh: random weights created directly in their
     shards, or the weights of `model.init_from`."""
     if c.model.init_from:

@@ -13,7 +13,8 @@ Parameter groups are decided from the parameter's dotted path (as `m2f_jax.weigh
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -62,7 +63,7 @@ def learning_rate_schedule(config: OptimizerConfig) -> optax.Schedule:
     detectron2's linear warmup factor (warmup_factor -> 1 over warmup_steps)."""
     base, total = config.learning_rate, config.total_steps
     if config.schedule == "poly":
-        main = lambda t: base * jnp.maximum(1.0 - t / total, 0.0) ** config.poly_power  # noqa: E731
+        main = lambda t: base * jnp.maximum(1.0 - t / total, 0.0) ** config.poly_power
     elif config.schedule == "multistep":
         boundaries = {int(m * total): config.gamma for m in config.milestones}
         main = optax.piecewise_constant_schedule(base, boundaries)
