@@ -74,7 +74,7 @@ def write_outputs(image, result, task: str, id2label: dict[int, str], stem: str,
         segmentation = np.asarray(result["segmentation"])
         if segmentation.ndim == 3:  # binary maps -> id map
             ids = np.zeros(segmentation.shape[1:], np.int64)
-            for info, binary in zip(result["segments_info"], segmentation):
+            for info, binary in zip(result["segments_info"], segmentation, strict=True):
                 ids[binary.astype(bool)] = info["id"]
             segmentation = ids
         shift = 1 if task == "instance" else 0  # instance ids count from 0; keep 0 for "none"
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                 done += 1
         if batch:
             results = segment_batch(model, [image for _, image in batch], args.task, processor, **kwargs)
-            for (path, image), result in zip(batch, results):
+            for (path, image), result in zip(batch, results, strict=True):
                 stem = os.path.splitext(os.path.basename(path))[0]
                 write_outputs(image, result, args.task, model.config.id2label, stem, args.output)
                 done += 1

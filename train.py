@@ -55,7 +55,7 @@ def main(argv) -> int:
     experiment.check_experiment(c, model_config)
     opt_config, schedule = experiment.optimizer_config(c)
     graphdef, state = experiment.initial_state(c, model_config, opt_config, mesh)
-    step_fn = experiment.jitted_train_step(c, graphdef, opt_config, state, mesh)
+    step_fn = experiment.jitted_train_step(c, model_config, graphdef, opt_config, state, mesh)
 
     # ------------------------------------------------------------------------------------------------
     # Resume: the latest checkpoint's state and the data iterator's position

@@ -71,17 +71,17 @@ def main() -> None:
         with torch.inference_mode():
             return hf_model(torch_input)
 
-    diff = float(
-        np.abs(np.asarray(run_jax().class_queries_logits) - run_torch().class_queries_logits.numpy()).max()
-    )
+    diff = float(np.abs(np.asarray(run_jax().class_queries_logits) - run_torch().class_queries_logits.numpy()).max())
     jax_s = statistics.median(timed(run_jax, args.runs, args.warmup))
     torch_s = statistics.median(timed(run_torch, args.runs, args.warmup))
 
     device = jax.devices()[0]
     print(f"model {args.preset}, input {args.batch}x{height}x{width}, {args.runs} runs after {args.warmup} warm-up")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; jax on {device.platform}")
-    print(f"versions: jax {jax.__version__}, flax {__import__('flax').__version__}, torch {torch.__version__}, "
-          f"transformers {transformers.__version__}")
+    print(
+        f"versions: jax {jax.__version__}, flax {__import__('flax').__version__}, torch {torch.__version__}, "
+        f"transformers {transformers.__version__}"
+    )
     print(f"jax compile          {compile_s:8.2f} s")
     print(f"jax (jit) median     {jax_s * 1e3:8.1f} ms")
     print(f"HF PyTorch median    {torch_s * 1e3:8.1f} ms")

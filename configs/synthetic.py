@@ -1,7 +1,7 @@
 """A small Mask2Former trained from scratch on the shipped synthetic dataset, on a CPU.
 
-    python train.py --config configs/synthetic.py --workdir runs/synthetic
-    python train.py --config configs/synthetic.py --workdir runs/quick --config.steps=50
+python train.py --config configs/synthetic.py --workdir runs/synthetic
+python train.py --config configs/synthetic.py --workdir runs/quick --config.steps=50
 """
 
 import ml_collections
@@ -47,6 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.loss.oversample_ratio = 3.0
     c.loss.importance_sample_ratio = 0.75
     c.loss.matcher = "hungarian"
+    c.loss.auxiliary = True  # the loss of every decoder layer's prediction, not only the last
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.learning_rate = 1e-3

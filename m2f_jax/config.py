@@ -86,9 +86,12 @@ class Mask2FormerConfig:
     train_num_points: int = 12544
     oversample_ratio: float = 3.0
     importance_sample_ratio: float = 0.75
+    # The loss settings above and use_auxiliary_loss are what `LossConfig.from_model_config` reads.
+    use_auxiliary_loss: bool = True
+    # HF's initialisation scales: read by no code here (each module initialises as the original code
+    # does), so only HF's defaults are accepted.
     init_std: float = 0.02
     init_xavier_std: float = 1.0
-    use_auxiliary_loss: bool = True
     feature_strides: tuple[int, ...] = (4, 8, 16, 32)
 
     def __post_init__(self):
@@ -100,6 +103,12 @@ class Mask2FormerConfig:
             raise ValueError(f"activation_function must be 'relu', got {self.activation_function!r}")
         if self.feature_strides != (4, 8, 16, 32) or self.common_stride != 4:
             raise ValueError("only feature_strides (4, 8, 16, 32) with common_stride 4 are supported")
+        for name, default in (("init_std", 0.02), ("init_xavier_std", 1.0)):
+            if getattr(self, name) != default:
+                raise ValueError(
+                    f"{name}={getattr(self, name)} is not honoured: m2f_jax initialises each module as the "
+                    f"original code does and reads no initialisation scale; use {default} (HF's default)"
+                )
         if self.decoder_layers < 1:
             raise ValueError(f"decoder_layers must be >= 1, got {self.decoder_layers}")
         for name in ("feature_size", "hidden_dim"):
@@ -116,7 +125,7 @@ class Mask2FormerConfig:
     def num_labels(self) -> int:
         return len(self.id2label)
 
-    def replace(self, **changes: Any) -> "Mask2FormerConfig":
+    def replace(self, **changes: Any) -> Mask2FormerConfig:
         return dataclasses.replace(self, **changes)
 
     # ---------------------------------------------------------------- HF config.json round trip
@@ -134,7 +143,7 @@ class Mask2FormerConfig:
         return json.loads(json.dumps(out))  # tuples -> lists
 
     @classmethod
-    def from_hf_dict(cls, data: dict[str, Any]) -> "Mask2FormerConfig":
+    def from_hf_dict(cls, data: dict[str, Any]) -> Mask2FormerConfig:
         model_type = data.get("model_type", "mask2former")
         if model_type != "mask2former":
             raise ValueError(f"expected a mask2former config, got model_type={model_type!r}")
@@ -157,7 +166,7 @@ class Mask2FormerConfig:
             json.dump(self.to_hf_dict(), f, indent=2, sort_keys=True)
 
     @classmethod
-    def load(cls, folder_or_file: str | os.PathLike) -> "Mask2FormerConfig":
+    def load(cls, folder_or_file: str | os.PathLike) -> Mask2FormerConfig:
         path = os.fspath(folder_or_file)
         if os.path.isdir(path):
             path = os.path.join(path, "config.json")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
-import numpy as np
 
 from m2f_jax.modeling import Mask2FormerForUniversalSegmentation
 from m2f_jax.processing import postprocess
@@ -52,12 +52,3 @@ def segment_batch(
     image_sizes = [tuple(int(v) for v in size) for size in inputs["image_sizes"]]
     post = getattr(postprocess, f"post_process_{task}_segmentation")
     return post(outputs, target_sizes=target_sizes, image_sizes=image_sizes, **post_process_kwargs)
-
-
-def as_numpy(result: Any) -> Any:
-    """Turns a result's arrays into numpy arrays (for saving)."""
-    if isinstance(result, dict):
-        return {k: as_numpy(v) for k, v in result.items()}
-    if isinstance(result, list):
-        return [as_numpy(v) for v in result]
-    return np.asarray(result) if hasattr(result, "shape") else result

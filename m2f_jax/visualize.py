@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import colorsys
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -37,7 +38,7 @@ def _segments(result) -> tuple[np.ndarray, list[tuple[int, int, float | None]]]:
         infos = [(int(s["id"]), int(s["label_id"]), s.get("score")) for s in result["segments_info"]]
         if segmentation.ndim == 3:  # binary maps (N, H, W) -> an id map, later segments on top
             ids = np.full(segmentation.shape[1:], -1, np.int64)
-            for (segment_id, _, _), binary in zip(infos, segmentation):
+            for (segment_id, _, _), binary in zip(infos, segmentation, strict=True):
                 ids[binary.astype(bool)] = segment_id
             segmentation = ids
         return segmentation, infos

@@ -9,11 +9,11 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-from typing import Mapping
+from collections.abc import Mapping
 
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from m2f_jax.config import Mask2FormerConfig
@@ -107,5 +107,7 @@ def from_pretrained(path: str, revision: str | None = None, seed: int = 0) -> Ma
         config = Mask2FormerConfig.load(path)
         return model_from_params(config, load_file(os.path.join(path, FLAX_WEIGHTS)), seed)
     if os.path.isdir(path) and not hf.is_hf_folder(path):
-        raise FileNotFoundError(f"{path} has neither {FLAX_WEIGHTS} nor Hugging Face weights ({', '.join(hf.WEIGHT_FILES)})")
+        raise FileNotFoundError(
+            f"{path} has neither {FLAX_WEIGHTS} nor Hugging Face weights ({', '.join(hf.WEIGHT_FILES)})"
+        )
     return convert_hf(path, revision=revision)[0]

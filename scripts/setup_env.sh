@@ -1,5 +1,6 @@
-# Creates .venv (if missing) and installs the project with the given extras; meant to be sourced.
-# torch is pinned to 2.13.0, the CPU build the tests need.
+# Creates .venv (if missing) and installs the project with the given extras (comma-separated), at the
+# versions in constraints.txt (known to pass; scripts/refresh_constraints.sh renews them). Meant to be
+# sourced. torch is pinned to 2.13.0, the CPU build the tests need.
 extras="${1:-}"
 python_bin="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
@@ -7,8 +8,8 @@ if [ ! -x .venv/bin/python ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
 fi
 source .venv/bin/activate
+target="."
 if [ -n "$extras" ]; then
-  python -m pip install --quiet -e ".[${extras}]"
-else
-  python -m pip install --quiet -e .
+  target=".[${extras}]"
 fi
+python -m pip install --quiet --constraint constraints.txt -e "$target"

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import m2f_jax
-from conftest import max_diff, save_random_hf_model, tiny_config
+
+from helpers import max_diff, save_random_hf_model, tiny_config
 
 torch = pytest.importorskip("torch")
 
@@ -60,8 +61,11 @@ def test_padded_batch_equals_each_image_alone(models):
         assert max_diff(got_masks, alone.masks_queries_logits[0]) <= 1e-4
         assert max_diff(got_classes, ref.class_queries_logits[0].numpy()) <= 1e-4
         assert max_diff(got_masks, ref.masks_queries_logits[0].numpy()) <= 1e-4
-        for aux_batched, aux_alone in zip(batched.auxiliary_logits, alone.auxiliary_logits):
-            assert max_diff(aux_batched["masks_queries_logits"][b, :, :h4, :w4], aux_alone["masks_queries_logits"][0]) <= 1e-4
+        for aux_batched, aux_alone in zip(batched.auxiliary_logits, alone.auxiliary_logits, strict=True):
+            assert (
+                max_diff(aux_batched["masks_queries_logits"][b, :, :h4, :w4], aux_alone["masks_queries_logits"][0])
+                <= 1e-4
+            )
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +88,11 @@ def test_padded_batch_gives_the_same_segments(padded_and_alone, task):
     batched, alone = padded_and_alone
     post = getattr(postprocess, f"post_process_{task}_segmentation")
     # Keep every query of the random model, so that there are segments to compare.
-    kwargs = {"semantic": {}, "instance": {"threshold": 0.0}}.get(task, {"threshold": 0.0, "overlap_mask_area_threshold": 0.0})
+    kwargs = {"semantic": {}, "instance": {"threshold": 0.0}}.get(
+        task, {"threshold": 0.0, "overlap_mask_area_threshold": 0.0}
+    )
     results = post(batched, target_sizes=SIZES, image_sizes=SIZES, **kwargs)
-    for size, outputs, result in zip(SIZES, alone, results):
+    for size, outputs, result in zip(SIZES, alone, results, strict=True):
         expected = post(outputs, target_sizes=[size], image_sizes=[size], **kwargs)[0]
         if task == "semantic":
             assert result.shape == size

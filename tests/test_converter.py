@@ -10,12 +10,14 @@ import sys
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 import m2f_jax
 from m2f_jax.config import Mask2FormerConfig, preset, preset_names
 from m2f_jax.conversion import hf
 from m2f_jax.weights import FLAX_WEIGHTS, param_shapes
-from conftest import max_diff, save_random_hf_model, tiny_config
+
+from helpers import max_diff, save_random_hf_model, tiny_config
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -45,11 +47,16 @@ def test_cli_converts_and_folder_loads_without_torch_weights(hf_folder, tmp_path
     assert result.returncode == 0, result.stderr
     assert "converted" in result.stdout and "ignored" in result.stdout
     assert sorted(os.listdir(dst)) == ["config.json", FLAX_WEIGHTS, "preprocessor_config.json"]
+    raw, converted = m2f_jax.from_pretrained(str(hf_folder)), m2f_jax.from_pretrained(str(dst))
+    # Lossless: every weight of the written folder is the raw checkpoint's, bit for bit.
+    raw_params = jax.tree_util.tree_leaves_with_path(nnx.state(raw, nnx.Param))
+    converted_params = jax.tree_util.tree_leaves_with_path(nnx.state(converted, nnx.Param))
+    assert [path for path, _ in raw_params] == [path for path, _ in converted_params]
+    for (path, a), (_, b) in zip(raw_params, converted_params, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path))
     pixels = np.random.RandomState(0).randn(1, 64, 96, 3).astype(np.float32)
-    from_raw = forward(m2f_jax.from_pretrained(str(hf_folder)), pixels)
-    from_converted = forward(m2f_jax.from_pretrained(str(dst)), pixels)
-    assert max_diff(from_raw.masks_queries_logits, from_converted.masks_queries_logits) == 0
-    assert m2f_jax.from_pretrained(str(dst)).config == tiny_config()
+    assert max_diff(forward(raw, pixels).masks_queries_logits, forward(converted, pixels).masks_queries_logits) < 1e-5
+    assert converted.config == tiny_config()
 
 
 def test_pytorch_bin_checkpoint(tmp_path):
@@ -108,6 +115,13 @@ def test_config_round_trips_through_hf(hf_folder):
     again = transformers.Mask2FormerConfig.from_dict(ours.to_hf_dict())
     assert Mask2FormerConfig.from_hf_dict(again.to_dict()) == ours
     assert hash(ours) == hash(Mask2FormerConfig.from_hf_dict(again.to_dict()))
+
+
+@pytest.mark.parametrize("field, value", [("init_std", 0.01), ("init_xavier_std", 2.0)])
+def test_initialisation_scales_we_do_not_read_are_refused(field, value):
+    with pytest.raises(ValueError, match=f"{field}={value} is not honoured"):
+        tiny_config(**{field: value})
+    assert getattr(Mask2FormerConfig.from_hf_dict(tiny_config().to_hf_dict()), field) != value  # defaults load
 
 
 def test_rejects_other_backbones():

@@ -1,4 +1,4 @@
-"""Deformable sampling: the fast packed-gather version, the plain reference, and PyTorch's
+"""Deformable sampling: the flat single-gather version, the plain reference, and PyTorch's
 grid_sample (through HF's own function) on the same values and locations, borders included."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def random_inputs(seed, queries=23, heads=2, dim=4, points=3, low=-0.3, high=1.3
 def border_locations(heads=2, points=3):
     """Pixel centres, edges, the exact borders 0 and 1, and half a pixel to 2 pixels beyond them."""
     coords = []
-    for h, w in SHAPES:
+    for _, w in SHAPES:
         for extra in (0.0, 0.5, 1.0, 2.0):
             for base in (0.0, 1.0):
                 coords.append(base + (extra / w if base else -extra / w))
@@ -49,23 +49,23 @@ def torch_sampling(value, locations, weights):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_fast_reference_and_grid_sample_agree(seed):
+def test_flat_reference_and_grid_sample_agree(seed):
     value, locations, weights = random_inputs(seed)
-    fast = jax.jit(deformable_sampling, static_argnums=1)(value, SHAPES, locations, weights)
+    flat = jax.jit(deformable_sampling, static_argnums=1)(value, SHAPES, locations, weights)
     reference = deformable_sampling_reference(value, SHAPES, locations, weights)
     expected = torch_sampling(value, locations, weights)
-    np.testing.assert_allclose(fast, reference, atol=1e-5)
-    np.testing.assert_allclose(fast, expected, atol=1e-5)
+    np.testing.assert_allclose(flat, reference, atol=1e-5)
+    np.testing.assert_allclose(flat, expected, atol=1e-5)
 
 
 def test_at_and_beyond_borders():
     value, _, _ = random_inputs(3)
     locations = border_locations()
     weights = np.random.RandomState(4).rand(*locations.shape[:-1]).astype(np.float32)
-    fast = deformable_sampling(value, SHAPES, locations, weights)
+    flat = deformable_sampling(value, SHAPES, locations, weights)
     reference = deformable_sampling_reference(value, SHAPES, locations, weights)
     expected = torch_sampling(value, locations, weights)
-    np.testing.assert_allclose(fast, expected, atol=1e-5)
+    np.testing.assert_allclose(flat, expected, atol=1e-5)
     np.testing.assert_allclose(reference, expected, atol=1e-5)
 
 
@@ -82,9 +82,9 @@ def test_gradients_agree():
     def loss(fn):
         return lambda v, loc, w: jnp.sum(jnp.sin(fn(v, SHAPES, loc, w)))
 
-    fast = jax.grad(loss(deformable_sampling), argnums=(0, 1, 2))(value, locations, weights)
+    flat = jax.grad(loss(deformable_sampling), argnums=(0, 1, 2))(value, locations, weights)
     reference = jax.grad(loss(deformable_sampling_reference), argnums=(0, 1, 2))(value, locations, weights)
-    for a, b in zip(fast, reference):
+    for a, b in zip(flat, reference, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-4)
 
 
@@ -92,12 +92,12 @@ def test_valid_shapes_sample_like_the_cropped_maps():
     """Padded maps + per-image valid shapes == sampling each image's cropped maps alone."""
     value, locations, weights = random_inputs(7)
     valid = np.array([[[5, 7], [3, 4], [2, 2]], [[3, 5], [2, 3], [1, 2]]], np.int32)  # (B, L, (h, w))
-    fast = deformable_sampling(value, SHAPES, locations, weights, valid)
+    flat = deformable_sampling(value, SHAPES, locations, weights, valid)
     reference = deformable_sampling_reference(value, SHAPES, locations, weights, valid)
-    np.testing.assert_allclose(fast, reference, atol=1e-5)
+    np.testing.assert_allclose(flat, reference, atol=1e-5)
     for b in range(2):
         crops, start = [], 0
-        for (h, w), (vh, vw) in zip(SHAPES, valid[b]):
+        for (h, w), (vh, vw) in zip(SHAPES, valid[b], strict=True):
             level = value[b : b + 1, start : start + h * w].reshape(1, h, w, *value.shape[2:])
             crops.append(level[:, :vh, :vw].reshape(1, vh * vw, *value.shape[2:]))
             start += h * w
@@ -108,4 +108,4 @@ def test_valid_shapes_sample_like_the_cropped_maps():
             torch.from_numpy(locations[b : b + 1]),
             torch.from_numpy(weights[b : b + 1]),
         ).numpy()
-        np.testing.assert_allclose(fast[b : b + 1], expected, atol=1e-5)
+        np.testing.assert_allclose(flat[b : b + 1], expected, atol=1e-5)

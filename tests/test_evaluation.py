@@ -104,9 +104,7 @@ def test_semantic_accumulation_equals_one_update():
     together = SemanticEvaluator(k)
     together.update(np.concatenate([p.ravel() for p, _ in pairs]), np.concatenate([t.ravel() for _, t in pairs]))
     np.testing.assert_array_equal(accumulated.matrix, together.matrix)
-    np.testing.assert_array_equal(
-        accumulated.matrix, sum(numpy_confusion(p.ravel(), t.ravel(), k) for p, t in pairs)
-    )
+    np.testing.assert_array_equal(accumulated.matrix, sum(numpy_confusion(p.ravel(), t.ravel(), k) for p, t in pairs))
     assert same_results(accumulated.compute(), together.compute())
 
 
@@ -262,7 +260,7 @@ def reference_pq_stats(pred, pred_segments, gt, gt_segments, categories):
     void = -(10**6)
     gt = np.where(np.isin(gt, list(gt_segs)), gt, void)
     pairs = {}
-    for g, p in zip(gt.ravel().tolist(), pred.ravel().tolist()):
+    for g, p in zip(gt.ravel().tolist(), pred.ravel().tolist(), strict=True):
         pairs[g, p] = pairs.get((g, p), 0) + 1
     gt_matched, pred_matched = set(), set()
     for (g, p), inter in pairs.items():
@@ -315,7 +313,7 @@ def test_panoptic_matches_panopticapi_loop_on_random_images():
         pred_segments = pred_info(*[(int(i), int(rng.integers(1, 5))) for i in np.unique(pred) if i != 0])
         evaluator.update(pred, pred_segments, gt, gt_segments)
         for cat, values in reference_pq_stats(pred, pred_segments, gt, gt_segments, CATEGORIES).items():
-            expected[cat] = [a + b for a, b in zip(expected[cat], values)]
+            expected[cat] = [a + b for a, b in zip(expected[cat], values, strict=True)]
     for i, c in enumerate(CATEGORIES):
         tp, fp, fn, iou = expected[c["id"]]
         assert (evaluator.tp[i], evaluator.fp[i], evaluator.fn[i]) == (tp, fp, fn)

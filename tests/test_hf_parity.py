@@ -21,7 +21,8 @@ from flax import nnx
 
 import m2f_jax
 from m2f_jax.config import preset
-from conftest import max_diff, nhwc, save_random_hf_model, tiny_config
+
+from helpers import max_diff, nhwc, save_random_hf_model, tiny_config
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -54,10 +55,10 @@ def compare(config, batch, height, width, tmp_path, tolerance, seed=0, float64=F
     out = forward(model, pixels.transpose(0, 2, 3, 1))
 
     assert len(out.encoder_hidden_states) == len(ref.encoder_hidden_states) == 4
-    for ours, theirs in zip(out.encoder_hidden_states, ref.encoder_hidden_states):
+    for ours, theirs in zip(out.encoder_hidden_states, ref.encoder_hidden_states, strict=True):
         assert ours.shape == nhwc(theirs).shape
         assert max_diff(ours, nhwc(theirs)) <= tolerance
-    for ours, theirs in zip(out.pixel_decoder_hidden_states, ref.pixel_decoder_hidden_states):
+    for ours, theirs in zip(out.pixel_decoder_hidden_states, ref.pixel_decoder_hidden_states, strict=True):
         assert max_diff(ours, nhwc(theirs)) <= tolerance
     assert max_diff(out.mask_features, nhwc(ref.pixel_decoder_last_hidden_state)) <= tolerance
 
@@ -74,7 +75,7 @@ def compare(config, batch, height, width, tmp_path, tolerance, seed=0, float64=F
     )
     if require_all:
         assert checked == len(predictions), "an attention-mask bit differs from HF's"
-    for ours, theirs in zip(predictions[:checked], hf_predictions[:checked]):
+    for ours, theirs in zip(predictions[:checked], hf_predictions[:checked], strict=True):
         for key in ("class_queries_logits", "masks_queries_logits"):
             assert ours[key].shape == tuple(theirs[key].shape)
             assert max_diff(ours[key], theirs[key].numpy()) <= tolerance, key

@@ -3,6 +3,7 @@ under jit and grad, with empty images, low precision and bad labels."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -134,7 +135,7 @@ def test_parts_equal_hf_mask2former_loss(counts, solver, monkeypatch):
     predictions.append((outputs.class_queries_logits, outputs.masks_queries_logits))
     weights = dict(class_weight=config.class_weight, mask_weight=5.0, dice_weight=5.0)
     our_match = jax.jit(functools.partial(match, solver=solver, **weights))
-    for hf_match, layer in zip(hf_matches, [PREDICTIONS - 1, *range(PREDICTIONS - 1)]):
+    for hf_match, layer in zip(hf_matches, [PREDICTIONS - 1, *range(PREDICTIONS - 1)], strict=True):
         query = np.asarray(our_match(*predictions[layer], targets, points[layer].match))
         for b, (src, tgt) in enumerate(hf_match):
             np.testing.assert_array_equal(query[b, tgt.numpy()], src.numpy())
@@ -210,6 +211,33 @@ def test_labels_out_of_range_raise(bad):
     with pytest.raises(ValueError, match="image 1"):
         mask2former_loss(random_outputs(0), targets, jax.random.key(0), CONFIG)
     check_targets(padded(11), K)  # padded slots (-1) are not labels
+
+
+def test_auxiliary_off_scores_the_final_prediction_alone():
+    outputs, targets, points = random_outputs(14), padded(12), random_points(13)
+    _, full = jitted_loss(outputs, targets, points, CONFIG)
+    final_only = dataclasses.replace(CONFIG, auxiliary=False)
+    total, parts = jitted_loss(outputs, targets, points[-1:], final_only)
+    names = ("loss_cross_entropy", "loss_mask", "loss_dice")
+    assert sorted(parts) == sorted([*names, "weighted_cross_entropy", "weighted_mask", "weighted_dice"])
+    for name in names:
+        assert float(parts[name]) == pytest.approx(float(full[name]), rel=1e-6), name
+    weights = (CONFIG.class_weight, CONFIG.mask_weight, CONFIG.dice_weight)
+    assert float(total) == pytest.approx(sum(w * float(full[n]) for w, n in zip(weights, names, strict=True)), rel=1e-6)
+    with pytest.raises(ValueError, match="points for 3 predictions, the outputs have 1"):
+        loss_from_points(outputs, targets, points, final_only)
+    total, _ = mask2former_loss(outputs, targets, jax.random.key(0), final_only)  # draws one prediction's points
+    assert np.isfinite(float(total))
+
+
+def test_settings_come_from_the_model_config():
+    from helpers import tiny_config
+
+    config = tiny_config(class_weight=1.5, no_object_weight=0.2, train_num_points=99, use_auxiliary_loss=False)
+    loss = LossConfig.from_model_config(config, matcher="scipy")
+    assert (loss.class_weight, loss.mask_weight, loss.dice_weight, loss.no_object_weight) == (1.5, 5.0, 5.0, 0.2)
+    assert (loss.num_points, loss.oversample_ratio, loss.importance_sample_ratio) == (99, 3.0, 0.75)
+    assert (loss.matcher, loss.auxiliary) == ("scipy", False)
 
 
 def test_config_is_checked():

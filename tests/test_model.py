@@ -11,7 +11,8 @@ import pytest
 from flax import nnx
 
 from m2f_jax import Mask2FormerForUniversalSegmentation
-from conftest import max_diff, tiny_config
+
+from helpers import max_diff, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -79,5 +80,3 @@ def test_drop_path_drops_whole_samples():
 def test_bad_input_is_refused_before_work(model, pixels, message):
     with pytest.raises(ValueError, match=message):
         model(jnp.asarray(pixels))
-
-

@@ -9,9 +9,10 @@ import optax
 import pytest
 from flax import nnx
 
-from conftest import tiny_config
 from m2f_jax.training.optimizer import OptimizerConfig, build_optimizer, describe_groups, learning_rate_schedule
 from m2f_jax.weights import abstract_model
+
+from helpers import tiny_config
 
 torch = pytest.importorskip("torch")
 
@@ -73,26 +74,26 @@ def test_matches_torch_adamw_with_detectron2_groups(clip_norm):
         updates, state = tx.update(g, state, ours)
         ours = optax.apply_updates(ours, updates)
 
-    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+    flat, _ = jax.tree_util.tree_flatten_with_path(params)
     names = [".".join(str(k.key) for k in path) for path, _ in flat]
     tensors = [torch.tensor(np.asarray(v), requires_grad=True) for _, v in flat]
     groups = []
-    for name, t in zip(names, tensors):
+    for name, t in zip(names, tensors, strict=True):
         backbone = name.startswith("model.pixel_level_module.encoder.")
         decay = not ("norm" in name or name.endswith("embedding"))
         groups.append({"params": [t], "lr": 0.01 * (0.1 if backbone else 1.0), "weight_decay": 0.05 if decay else 0.0})
     torch_opt = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8)
     base_lrs = [g["lr"] for g in torch_opt.param_groups]
     for i, g in enumerate(grads):
-        for t, leaf in zip(tensors, jax.tree.leaves(g)):
+        for t, leaf in zip(tensors, jax.tree.leaves(g), strict=True):
             t.grad = torch.tensor(np.asarray(leaf))
         if clip_norm:
             torch.nn.utils.clip_grad_norm_(tensors, clip_norm)
         warm = 0.1 * (1 - min(i / 2, 1.0)) + min(i / 2, 1.0)  # detectron2's linear warmup factor
-        for group, base in zip(torch_opt.param_groups, base_lrs):
+        for group, base in zip(torch_opt.param_groups, base_lrs, strict=True):
             group["lr"] = base * warm * (1 - i / 10) ** 0.9
         torch_opt.step()
-    for t, leaf in zip(tensors, jax.tree.leaves(ours)):
+    for t, leaf in zip(tensors, jax.tree.leaves(ours), strict=True):
         np.testing.assert_allclose(np.asarray(leaf), t.detach().numpy(), rtol=1e-5, atol=1e-6)
 
 
@@ -125,5 +126,5 @@ def test_accumulation_equals_one_step_on_the_mean_gradient():
     u2, state = accumulate.update(g2, state, params)
     single = build_optimizer(OptimizerConfig(learning_rate=0.01, total_steps=5), params)
     expected, _ = single.update(jax.tree.map(lambda a, b: (a + b) / 2, g1, g2), single.init(params), params)
-    for a, b in zip(jax.tree.leaves(u2), jax.tree.leaves(expected)):
+    for a, b in zip(jax.tree.leaves(u2), jax.tree.leaves(expected), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)

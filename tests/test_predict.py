@@ -16,7 +16,8 @@ import pytest
 from PIL import Image
 
 import m2f_jax
-from conftest import save_random_hf_model, tiny_config
+
+from helpers import save_random_hf_model, tiny_config
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import predict  # noqa: E402
@@ -60,7 +61,9 @@ def test_predict_folder_with_a_corrupt_file(converted, photos, tmp_path, capsys,
     assert "segmented 3 of 4 images" in err
     assert "broken.jpg" in err
     assert sorted(os.listdir(out)) == sorted(
-        f"{os.path.splitext(name)[0]}{suffix}" for name in GOOD for suffix in ("_overlay.png", "_segmentation.png", ".json")
+        f"{os.path.splitext(name)[0]}{suffix}"
+        for name in GOOD
+        for suffix in ("_overlay.png", "_segmentation.png", ".json")
     )
     id2label = m2f_jax.from_pretrained(converted).config.id2label
     for name, (h, w) in GOOD.items():
@@ -106,7 +109,7 @@ def test_segment_equals_the_explicit_pipeline(converted, photos, task):
     batch = m2f_jax.segment(model, images, task=task, processor=processor, **kwargs)
     single = m2f_jax.segment(model, images[1], task=task, processor=processor, **kwargs)
     assert isinstance(batch, list) and len(batch) == len(images)
-    for got, want in zip(batch, expected):
+    for got, want in zip(batch, expected, strict=True):
         got_map = got if task == "semantic" else got["segmentation"]
         want_map = want if task == "semantic" else want["segmentation"]
         np.testing.assert_array_equal(got_map, want_map)

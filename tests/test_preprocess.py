@@ -105,8 +105,13 @@ def test_bilinear_uint8_is_torch_bit_for_bit(seed):
     for _ in range(15):
         h, w, oh, ow = rng.randint(1, 260, 4)
         x = rng.randint(0, 256, (h, w, 3), dtype=np.uint8)
-        ref = F.interpolate(torch.from_numpy(x).permute(2, 0, 1)[None], size=(int(oh), int(ow)),
-                            mode="bilinear", antialias=True)[0].permute(1, 2, 0).numpy()
+        ref = (
+            F.interpolate(
+                torch.from_numpy(x).permute(2, 0, 1)[None], size=(int(oh), int(ow)), mode="bilinear", antialias=True
+            )[0]
+            .permute(1, 2, 0)
+            .numpy()
+        )
         np.testing.assert_array_equal(resize_bilinear(x, oh, ow), ref, err_msg=f"{(h, w)} -> {(oh, ow)}")
 
 
@@ -132,8 +137,13 @@ def test_nearest_exact_is_torch_bit_for_bit():
     for h, w, oh, ow in cases:
         seg = rng.randint(0, 200, (h, w)).astype(np.uint8)
         for dtype in (torch.uint8, torch.float32):
-            ref = F.interpolate(torch.from_numpy(seg).to(dtype)[None, None], size=(int(oh), int(ow)),
-                                mode="nearest-exact")[0, 0].numpy().astype(np.uint8)
+            ref = (
+                F.interpolate(
+                    torch.from_numpy(seg).to(dtype)[None, None], size=(int(oh), int(ow)), mode="nearest-exact"
+                )[0, 0]
+                .numpy()
+                .astype(np.uint8)
+            )
             np.testing.assert_array_equal(resize_nearest(seg, oh, ow), ref, err_msg=f"{(h, w)} -> {(oh, ow)}")
 
 
@@ -159,7 +169,7 @@ def test_pixels_match_hf(hf_processor, settings):
     np.testing.assert_allclose(ours["pixel_values"], theirs["pixel_values"], rtol=0, atol=1e-5)
     np.testing.assert_array_equal(ours["pixel_mask"], theirs["pixel_mask"])
     np.testing.assert_array_equal(ours["original_sizes"], SHAPES)
-    for mask, (h, w) in zip(ours["pixel_mask"], ours["image_sizes"]):
+    for mask, (h, w) in zip(ours["pixel_mask"], ours["image_sizes"], strict=True):
         assert mask[:h, :w].all() and mask.sum() == h * w
 
 
@@ -265,7 +275,7 @@ def test_array_batches_equal_lists():
     processor = ImageProcessor(size=SMALL, ignore_index=255)
     stacked, listed = processor(np.stack(images), np.stack(maps)), processor(images, maps)
     np.testing.assert_array_equal(stacked["pixel_values"], listed["pixel_values"])
-    for a, b in zip(stacked["mask_labels"], listed["mask_labels"]):
+    for a, b in zip(stacked["mask_labels"], listed["mask_labels"], strict=True):
         np.testing.assert_array_equal(a, b)
 
 

@@ -108,7 +108,7 @@ def test_batch_shapes_and_contents(data, task):
     if task == "instance":
         assert (labels[valid] >= 3).all()
     if task == "semantic":
-        assert all(len(set(row[v])) == v.sum() for row, v in zip(labels, valid))
+        assert all(len(set(row[v])) == v.sum() for row, v in zip(labels, valid, strict=True))
     for row in range(6):  # each row is its dataset image, mirrored or not, normalised as HF
         image = data[batches.index(row)]["image"].astype(np.float32)
         expected = [(im / 255 - IMAGENET_MEAN) / IMAGENET_STD for im in (image, image[:, ::-1])]

@@ -61,12 +61,12 @@ def losses(workdir):
 
 
 def final_state(workdir):
-    from tiny_experiment import get_config
-
     from m2f_jax.config import Mask2FormerConfig
     from m2f_jax.training import experiment
     from m2f_jax.training.checkpoint import Checkpoints
     from m2f_jax.training.mesh import make_mesh
+
+    from tiny_experiment import get_config
 
     c = get_config()
     c.model.drop_path_rate = 0.2
@@ -99,7 +99,9 @@ def killed_and_resumed(tmp_path_factory, env, straight):
             break
         time.sleep(0.02)
     process.wait(timeout=60)
-    assert process.returncode == -signal.SIGKILL, f"run B ended by itself before the kill: {process.stdout.read()[-3000:]}"
+    assert process.returncode == -signal.SIGKILL, (
+        f"run B ended by itself before the kill: {process.stdout.read()[-3000:]}"
+    )
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [str(N)], "the kill came after step 2N"
     resumed = run(command("train.py", workdir, *train_flags()), env)
     assert f"resumed from step {N}" in resumed
@@ -116,7 +118,9 @@ def test_resume_after_sigkill_is_exact(straight, killed_and_resumed):
     assert int(a.step) == int(b.step) == 2 * N
     import jax
 
-    for name, x, y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(a), jax.tree.leaves(b)):
+    for name, x, y in zip(
+        jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(a), jax.tree.leaves(b), strict=True
+    ):
         if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
             x, y = jax.random.key_data(x), jax.random.key_data(y)
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(name[0]))

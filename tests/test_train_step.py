@@ -9,12 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from tiny_experiment import get_config
 
 from m2f_jax.modeling import Mask2FormerForUniversalSegmentation
 from m2f_jax.training import experiment
 from m2f_jax.training.mesh import global_batch, make_mesh
 from m2f_jax.training.step import cast_floating, check_batch
+
+from tiny_experiment import get_config
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def setup():
     graphdef, state = experiment.initial_state(c, config, opt_config, mesh)
     remat = c.copy_and_resolve_references()
     remat.remat = True  # the awkward batches go through the rematerialised step
-    step = experiment.jitted_train_step(remat, graphdef, opt_config, state, mesh)
+    step = experiment.jitted_train_step(remat, config, graphdef, opt_config, state, mesh)
     return c, mesh, batches, config, state, step
 
 
@@ -45,13 +46,13 @@ def test_image_without_objects_and_non_finite_input(setup):
     state, metrics = step(state, global_batch(batch, mesh))
     assert bool(metrics["finite"]) and np.isfinite(float(metrics["loss"])) and int(state.step) == 1
     after = host_params(state)
-    assert any(not np.array_equal(a, b) for a, b in zip(before, after))
+    assert any(not np.array_equal(a, b) for a, b in zip(before, after, strict=True))
 
     nan_batch = batches.batch_at(1)
     nan_batch["pixel_values"][2, 5, 5, 0] = np.nan
     state, metrics = step(state, global_batch(nan_batch, mesh))
     assert not bool(metrics["finite"]) and int(state.step) == 1
-    for a, b in zip(after, host_params(state)):
+    for a, b in zip(after, host_params(state), strict=True):
         np.testing.assert_array_equal(a, b)  # the last good state, untouched
 
 
@@ -62,6 +63,18 @@ def test_labels_outside_the_label_set(setup, label):
     batch["class_labels"][1, 0] = label
     with pytest.raises(ValueError, match=rf"training batch 3: image 1: label {label} is outside \[0, 7\)"):
         check_batch(batch, config.num_labels, 3)
+
+
+def test_loss_settings_travel_in_the_model_config(setup):
+    """The experiment's loss settings are written into the model config (so config.json records them)
+    and the step's loss reads them from there."""
+    c, _, batches, _, _, _ = setup
+    c = c.copy_and_resolve_references()
+    c.loss.update(dice_weight=4.0, num_points=32, auxiliary=False)
+    config = experiment.model_config(c, batches.dataset)
+    assert (config.dice_weight, config.train_num_points, config.use_auxiliary_loss) == (4.0, 32, False)
+    loss = experiment.loss_config(c, config)
+    assert (loss.dice_weight, loss.num_points, loss.auxiliary, loss.matcher) == (4.0, 32, False, c.loss.matcher)
 
 
 def test_more_target_slots_than_queries(setup):
@@ -84,7 +97,7 @@ def one_step(c, mesh, batches, config, **changes):
     c.update(changes)
     opt_config, _ = experiment.optimizer_config(c)
     graphdef, state = experiment.initial_state(c, config, opt_config, mesh)
-    step = experiment.jitted_train_step(c, graphdef, opt_config, state, mesh)
+    step = experiment.jitted_train_step(c, config, graphdef, opt_config, state, mesh)
     state, metrics = step(state, global_batch(batches.batch_at(0), mesh))
     return float(metrics["loss"]), host_params(state)
 
@@ -96,7 +109,7 @@ def test_remat_changes_nothing(setup, fp32_step):
     _, state = experiment.initial_state(c, config, opt_config, mesh)
     state, metrics = setup[5](state, global_batch(batches.batch_at(0), mesh))
     assert float(metrics["loss"]) == pytest.approx(fp32_step[0], rel=1e-6)
-    for a, b in zip(fp32_step[1], host_params(state)):
+    for a, b in zip(fp32_step[1], host_params(state), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 

@@ -27,10 +27,11 @@ def main() -> None:
     import jax
     import numpy as np
     from jax.experimental import multihost_utils
-    from tiny_experiment import get_config
 
     from m2f_jax.training import experiment
     from m2f_jax.training.mesh import global_batch, make_mesh
+
+    from tiny_experiment import get_config
 
     c = get_config()
     c.steps = args.steps
@@ -47,7 +48,7 @@ def main() -> None:
         model_config = experiment.model_config(c, batches.dataset)
         opt_config, _ = experiment.optimizer_config(c)
         graphdef, state = experiment.initial_state(c, model_config, opt_config, mesh)
-        step = experiment.jitted_train_step(c, graphdef, opt_config, state, mesh)
+        step = experiment.jitted_train_step(c, model_config, graphdef, opt_config, state, mesh)
         losses = []
         for _ in range(c.steps):
             state, metrics = step(state, global_batch(next(batches), mesh))

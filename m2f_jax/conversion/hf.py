@@ -12,7 +12,7 @@ import glob
 import json
 import os
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -45,7 +45,10 @@ RENAMES = (
     (r"\.layer_(\d+)\.0\.", lambda m: f".output_convs.{int(m[1]) - 1}.conv."),
     (r"\.layer_(\d+)\.1\.", lambda m: f".output_convs.{int(m[1]) - 1}.norm."),
     (r"\.mask_embedder\.(\d+)\.0\.", r".mask_embedder.layers.\1."),
-    (r"transformer_module\.(queries_embedder|queries_features|level_embed)\.weight$", r"transformer_module.\1.embedding"),
+    (
+        r"transformer_module\.(queries_embedder|queries_features|level_embed)\.weight$",
+        r"transformer_module.\1.embedding",
+    ),
     (r"^model\.pixel_level_module\.encoder\.swin\.", "model.pixel_level_module.encoder."),
     (r"\.attention\.relative_position_bias\.relative_position_bias_table$", ".attention.relative_position_bias_table"),
 )
@@ -83,7 +86,7 @@ def hf_to_flax(state_dict: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarr
         if name.endswith(".cross_attn.in_proj_weight") or name.endswith(".cross_attn.in_proj_bias"):
             prefix = name.rsplit(".", 1)[0]
             kind = "kernel" if name.endswith("weight") else "bias"
-            for proj, part in zip(("q_proj", "k_proj", "v_proj"), np.split(array, 3, axis=0)):
+            for proj, part in zip(("q_proj", "k_proj", "v_proj"), np.split(array, 3, axis=0), strict=True):
                 params[f"{prefix}.{proj}.{kind}"] = part.T if kind == "kernel" else part
             continue
         name, array = _leaf(name, array)
@@ -110,7 +113,12 @@ def check_params(params: Mapping[str, np.ndarray], expected: Mapping[str, tuple[
 
 
 # ------------------------------------------------------------------------------ reading sources
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
 def is_hf_folder(path: str) -> bool:
@@ -148,7 +156,9 @@ def read_state_dict(folder: str) -> dict[str, np.ndarray]:
         try:
             import torch
         except ImportError as e:
-            raise ImportError(f"{folder} holds PyTorch .bin weights, which need torch to read (pip install torch)") from e
+            raise ImportError(
+                f"{folder} holds PyTorch .bin weights, which need torch to read (pip install torch)"
+            ) from e
         state = {}
         for shard in bins:
             for k, v in torch.load(shard, map_location="cpu", weights_only=True).items():
@@ -157,7 +167,9 @@ def read_state_dict(folder: str) -> dict[str, np.ndarray]:
     raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in {folder}")
 
 
-def load_hf_checkpoint(source: str, revision: str | None = None) -> tuple[Mask2FormerConfig, dict[str, np.ndarray], str]:
+def load_hf_checkpoint(
+    source: str, revision: str | None = None
+) -> tuple[Mask2FormerConfig, dict[str, np.ndarray], str]:
     """(config, hub-named state dict, local folder) from a `save_pretrained` folder or a hub id."""
     folder = source if os.path.isdir(source) else download(source, revision)
     config = Mask2FormerConfig.load(folder)

@@ -11,7 +11,8 @@ where the saved run stopped. The optional horizontal flip is drawn from (seed, s
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

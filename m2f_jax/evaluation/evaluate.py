@@ -1,5 +1,5 @@
 """A model on a labelled data set: jitted forward and post-processing in fixed-size batches, then
-mIoU (semantic) and PQ (panoptic) on the host, and colour overlays of the first images."""
+mIoU (semantic) and PQ (panoptic) on the host. (eval.py draws the overlays.)"""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def panoptic_segments(result: Mapping[str, np.ndarray], row: int) -> dict[str, A
     present = set(np.unique(segmentation).tolist())
     segments: dict[int, dict[str, Any]] = {}
     for segment_id, label, score, keep in zip(
-        *(np.asarray(result[k][row]).tolist() for k in ("segment_ids", "labels", "scores", "keep"))
+        *(np.asarray(result[k][row]).tolist() for k in ("segment_ids", "labels", "scores", "keep")), strict=True
     ):
         if keep and segment_id in present:
             previous = segments.get(segment_id)

@@ -20,7 +20,8 @@ ground-truth segment with no pixels (e.g. after resizing) is not counted.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -101,7 +102,7 @@ class PanopticEvaluator:
         pred_cats, gt_cats = self._category_index(pred_cats, "predicted"), self._category_index(gt_cats, "ground-truth")
         by_id = {int(s["id"]): s for s in gt_segments_info}
         crowd = np.array([bool(by_id[i].get("iscrowd", 0)) for i in gt_ids.tolist()], bool)
-        for i, c in zip(gt_ids.tolist(), gt_cats):
+        for i, c in zip(gt_ids.tolist(), gt_cats, strict=True):
             if "isthing" in by_id[i] and bool(by_id[i]["isthing"]) != self.isthing[c]:
                 raise ValueError(f"ground-truth segment {i}: isthing={by_id[i]['isthing']} disagrees with its category")
 

@@ -17,7 +17,8 @@ since a data set at full resolution can pass 2**31 pixels in one cell.
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -161,6 +162,7 @@ class SemanticEvaluator:
             "mAcc": 100 * _mean(acc),
             "pAcc": 100 * float(p_acc),
             "per_class": {
-                name: {"IoU": 100 * float(i), "Acc": 100 * float(a)} for name, i, a in zip(self.class_names, iou, acc)
+                name: {"IoU": 100 * float(i), "Acc": 100 * float(a)}
+                for name, i, a in zip(self.class_names, iou, acc, strict=True)
             },
         }

@@ -1,5 +1,6 @@
 """The Mask2Former training loss: matching, then class cross-entropy and point-sampled mask BCE + dice,
-on every prediction of the decoder (the auxiliary ones and the final one), summed.
+on every prediction of the decoder (the auxiliary ones and the final one, or with `auxiliary=False`
+the final one alone), summed.
 
 Per prediction:
 - queries are matched to the valid target slots (`matcher.match`);
@@ -36,7 +37,10 @@ PART_NAMES = ("loss_cross_entropy", "loss_mask", "loss_dice")
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-    """The original recipe's loss settings (the matcher uses the same three weights)."""
+    """The original recipe's loss settings (the matcher uses the same three weights).
+
+    A model's `Mask2FormerConfig` holds the same settings under HF's names (`from_model_config`); a
+    training run takes them from there, so a saved config.json records the loss it was trained with."""
 
     class_weight: float = 2.0
     mask_weight: float = 5.0
@@ -46,6 +50,22 @@ class LossConfig:
     oversample_ratio: float = 3.0
     importance_sample_ratio: float = 0.75
     matcher: str = "hungarian"  # or "scipy" (host callback; not on TPU)
+    auxiliary: bool = True  # the loss of every earlier prediction too (HF: use_auxiliary_loss)
+
+    @classmethod
+    def from_model_config(cls, config, matcher: str = "hungarian") -> LossConfig:
+        """The settings a `Mask2FormerConfig` holds under HF's field names."""
+        return cls(
+            class_weight=config.class_weight,
+            mask_weight=config.mask_weight,
+            dice_weight=config.dice_weight,
+            no_object_weight=config.no_object_weight,
+            num_points=config.train_num_points,
+            oversample_ratio=config.oversample_ratio,
+            importance_sample_ratio=config.importance_sample_ratio,
+            matcher=matcher,
+            auxiliary=config.use_auxiliary_loss,
+        )
 
     def __post_init__(self):
         if self.matcher not in SOLVERS:
@@ -149,24 +169,28 @@ def prediction_loss(
     return (ce, *_mask_losses(mask_logits, targets, query, points, num_uncertain))
 
 
-def _predictions(outputs) -> list[tuple[jnp.ndarray, jnp.ndarray]]:
-    """(class logits, mask logits) of every prediction: the auxiliary ones in order, the final one last."""
-    aux = [(a["class_queries_logits"], a["masks_queries_logits"]) for a in outputs.auxiliary_logits]
-    return aux + [(outputs.class_queries_logits, outputs.masks_queries_logits)]
+def _predictions(outputs, config: LossConfig) -> list[tuple[jnp.ndarray, jnp.ndarray]]:
+    """(class logits, mask logits) of every prediction the loss covers: the auxiliary ones in order (unless
+    `config.auxiliary` is off), the final one last."""
+    final = [(outputs.class_queries_logits, outputs.masks_queries_logits)]
+    if not config.auxiliary:
+        return final
+    return [(a["class_queries_logits"], a["masks_queries_logits"]) for a in outputs.auxiliary_logits] + final
 
 
 def loss_from_points(
     outputs, targets: PaddedTargets, points: tuple[LayerPoints, ...], config: LossConfig
 ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
-    """`mask2former_loss` with the random points given, one `LayerPoints` per prediction (auxiliary first)."""
-    predictions = _predictions(outputs)
+    """`mask2former_loss` with the random points given, one `LayerPoints` per prediction the loss covers
+    (auxiliary first)."""
+    predictions = _predictions(outputs, config)
     if len(points) != len(predictions):
         raise ValueError(f"got points for {len(points)} predictions, the outputs have {len(predictions)}")
     parts, sums = {}, jnp.zeros(3, jnp.float32)
-    for i, ((class_logits, mask_logits), layer_points) in enumerate(zip(predictions, points)):
+    for i, ((class_logits, mask_logits), layer_points) in enumerate(zip(predictions, points, strict=True)):
         values = prediction_loss(class_logits, mask_logits, targets, layer_points, config)
         suffix = "" if i == len(predictions) - 1 else f"_{i}"  # Hugging Face's names
-        parts.update({name + suffix: v for name, v in zip(PART_NAMES, values)})
+        parts.update({name + suffix: v for name, v in zip(PART_NAMES, values, strict=True)})
         sums = sums + jnp.stack(values)
     weighted = sums * jnp.array([config.class_weight, config.mask_weight, config.dice_weight], jnp.float32)
     parts.update(weighted_cross_entropy=weighted[0], weighted_mask=weighted[1], weighted_dice=weighted[2])
@@ -190,7 +214,7 @@ def mask2former_loss(
     if not isinstance(targets.labels, jax.core.Tracer):
         check_targets(targets, outputs.class_queries_logits.shape[-1] - 1)
     batch, num_slots = targets.labels.shape
-    points = draw_points(key, len(outputs.auxiliary_logits) + 1, batch, num_slots, config)
+    points = draw_points(key, len(_predictions(outputs, config)), batch, num_slots, config)
     return loss_from_points(outputs, targets, points, config)
 
 

@@ -11,8 +11,6 @@ resizing and position embeddings use each image's own extent.
 
 from __future__ import annotations
 
-
-
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
@@ -94,7 +92,7 @@ class MLP(nnx.Module):
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int, *, rngs: nnx.Rngs):
         dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
-        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(dims[:-1], dims[1:])])
+        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(dims[:-1], dims[1:], strict=True)])
 
     def __call__(self, x):
         for i, layer in enumerate(self.layers):
@@ -125,7 +123,6 @@ class MaskPredictor(nnx.Module):
 
 @struct.dataclass
 class DecoderOutput:
-    last_hidden_state: jnp.ndarray  # (B, Q, D), before the final norm
     intermediate_hidden_states: tuple[jnp.ndarray, ...]  # normalised queries, one per prediction
     masks_queries_logits: tuple[jnp.ndarray, ...]  # (B, Q, H/4, W/4), one per prediction
 
@@ -150,9 +147,7 @@ class TransformerModule(nnx.Module):
         self.level_embed = nnx.Embed(NUM_LEVELS, d, rngs=rngs)
         needs_projection = config.feature_size != d or config.enforce_input_projection
         self.input_projections = nnx.List(
-            [nnx.Conv(config.feature_size, d, (1, 1), rngs=rngs) for _ in range(NUM_LEVELS)]
-            if needs_projection
-            else []
+            [nnx.Conv(config.feature_size, d, (1, 1), rngs=rngs) for _ in range(NUM_LEVELS)] if needs_projection else []
         )
         self.decoder = MaskedAttentionDecoder(config, rngs=rngs)
 
@@ -177,7 +172,9 @@ class TransformerModule(nnx.Module):
             memories.append(feature.reshape(b, h * w, -1) + self.level_embed.embedding[...][i])
             pos = sine_position_embedding(feature_sizes[i], h, w, self.hidden_dim // 2, feature.dtype)
             memory_pos.append(pos.reshape(b, h * w, -1).astype(feature.dtype))
-        query_pos = jnp.broadcast_to(self.queries_embedder.embedding[...][None], (b,) + self.queries_embedder.embedding.shape)
+        query_pos = jnp.broadcast_to(
+            self.queries_embedder.embedding[...][None], (b,) + self.queries_embedder.embedding.shape
+        )
         x = jnp.broadcast_to(self.queries_features.embedding[...][None], query_pos.shape)
 
         decoder = self.decoder
@@ -197,4 +194,4 @@ class TransformerModule(nnx.Module):
             )
             intermediate.append(normed)
             masks.append(mask_logits)
-        return DecoderOutput(x, tuple(intermediate), tuple(masks))
+        return DecoderOutput(tuple(intermediate), tuple(masks))

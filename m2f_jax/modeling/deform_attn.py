@@ -3,13 +3,14 @@
 Each query looks at `n_points` locations per head and per level, placed around its reference
 point by learned offsets, and mixes the bilinearly sampled values with softmax weights.
 
-`deformable_sampling` is the fast vectorised version the model uses: the values of all levels,
+`deformable_sampling` is the vectorised version the model uses: the values of all levels,
 batch entries and heads form one table of rows, so a single gather fetches the four bilinear
 corners of every sampling point at once, followed by one weighted sum; corners outside the map
 get zero weight (PyTorch's `grid_sample(align_corners=False, padding_mode="zeros")`).
-`deformable_sampling_reference` is a plain per-level, per-corner version kept to test the fast
-one against. (Packing each 2x2 neighbourhood into one row, as scenic does for TPUs, measured
-2-3x slower on the CPU; see docs/benchmarks.md.)
+`deformable_sampling_reference` is a plain per-level, per-corner version kept to test the flat
+one against. On the CPU the two run at about the same speed (docs/benchmarks.md); the flat one
+is used because it is one gather whatever the number of levels. (Packing each 2x2 neighbourhood
+into one row, as scenic does for TPUs, measured 2-3x slower on the CPU.)
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import numpy as np
 from flax import nnx
 
 from m2f_jax.modeling.precision import wide_dtype, widen
-
 
 _CORNER_DY = np.array([0, 0, 1, 1], np.int32)  # numpy: importing must not start the XLA backend
 _CORNER_DX = np.array([0, 1, 0, 1], np.int32)

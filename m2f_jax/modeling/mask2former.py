@@ -92,7 +92,7 @@ class Mask2FormerForUniversalSegmentation(nnx.Module):
         class_logits = [self.class_predictor(h) for h in decoded.intermediate_hidden_states]
         auxiliary = tuple(
             {"class_queries_logits": c, "masks_queries_logits": m}
-            for c, m in zip(class_logits[:-1], decoded.masks_queries_logits[:-1])
+            for c, m in zip(class_logits[:-1], decoded.masks_queries_logits[:-1], strict=True)
         )
         return Mask2FormerOutput(
             class_queries_logits=class_logits[-1],

@@ -12,8 +12,6 @@ and padded tokens are zeroed before the 3x3 convolution, so each image gets what
 
 from __future__ import annotations
 
-
-
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
@@ -61,7 +59,9 @@ class PixelDecoderEncoderLayer(nnx.Module):
         self.final_layer_norm = nnx.LayerNorm(d, epsilon=1e-5, use_fast_variance=False, rngs=rngs)
         self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
 
-    def __call__(self, x, position_embeddings, reference_points, spatial_shapes, valid_shapes, valid_tokens, deterministic):
+    def __call__(
+        self, x, position_embeddings, reference_points, spatial_shapes, valid_shapes, valid_tokens, deterministic
+    ):
         y = self.self_attn(x, position_embeddings, reference_points, spatial_shapes, valid_shapes, valid_tokens)
         x = self.self_attn_layer_norm(x + self.dropout(y, deterministic=deterministic))
         y = self.dropout(jax.nn.relu(self.fc1(x)), deterministic=deterministic)
@@ -110,7 +110,6 @@ class PixelDecoder(nnx.Module):
         self.lateral_convs = nnx.List([ConvNorm(feature_channels[0], d, 1, False, False, rngs=rngs)])
         self.output_convs = nnx.List([ConvNorm(d, d, 3, False, True, rngs=rngs)])
         self.mask_projection = nnx.Conv(d, config.mask_feature_size, (1, 1), rngs=rngs)
-        self.dropout_rate = config.dropout
 
     def __call__(
         self,
@@ -121,9 +120,9 @@ class PixelDecoder(nnx.Module):
     ) -> PixelDecoderOutput:
         """features: the backbone's four maps, stride 4 first, (B, h, w, C_i); sizes: each image's
         valid (h, w) in each of them, (B, 2) per map."""
-        coarse_first = list(zip(features[::-1], sizes[::-1]))[:NUM_LEVELS]
+        coarse_first = list(zip(features[::-1], sizes[::-1], strict=True))[:NUM_LEVELS]
         valid = [token_mask(size, x.shape[1], x.shape[2]) for x, size in coarse_first]
-        levels = [proj(x, v) for proj, (x, _), v in zip(self.input_projections, coarse_first, valid)]
+        levels = [proj(x, v) for proj, (x, _), v in zip(self.input_projections, coarse_first, valid, strict=True)]
         b = levels[0].shape[0]
         spatial_shapes = tuple((x.shape[1], x.shape[2]) for x in levels)
         valid_shapes = jnp.stack([size for _, size in coarse_first], axis=1)  # (B, L, 2)

@@ -1,5 +1,6 @@
 """Numerics that stay in float32 (or wider) whatever the compute dtype: softmax, sigmoid
-thresholds, sampling coordinates and bilinear weights (see DESIGN.md, dtypes)."""
+thresholds, sampling coordinates and bilinear weights. Under a bfloat16 compute dtype these lose
+too much (a sampling location off by a pixel, a mask threshold flipped), so they are widened."""
 
 from __future__ import annotations
 

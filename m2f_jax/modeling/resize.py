@@ -8,8 +8,8 @@ accelerators.
 
 from __future__ import annotations
 
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 
 
 def interpolation_matrix(in_size: int, out_size: int) -> np.ndarray:

@@ -12,9 +12,9 @@ keys beyond its own window-padded extent are masked out (the tokens that do not 
 
 from __future__ import annotations
 
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from m2f_jax.config import SwinConfig
@@ -232,7 +232,10 @@ class SwinBackbone(nnx.Module):
         self.embeddings = SwinEmbeddings(config, rngs=rngs)
         self.encoder = SwinEncoder(config, rngs=rngs)
         self.hidden_states_norms = nnx.Dict(
-            {name: layer_norm(ch, 1e-5, rngs) for name, ch in zip(config.out_features, config.stage_channels)}
+            {
+                name: layer_norm(ch, 1e-5, rngs)
+                for name, ch in zip(config.out_features, config.stage_channels, strict=True)
+            }
         )
 
     def __call__(
@@ -251,7 +254,7 @@ class SwinBackbone(nnx.Module):
         x = self.embeddings(pixel_values, deterministic)
         features = []
         per_stage = stage_sizes(sizes, self.config.patch_size, len(self.encoder.layers))
-        for name, stage, stage_size in zip(self.config.out_features, self.encoder.layers, per_stage):
+        for name, stage, stage_size in zip(self.config.out_features, self.encoder.layers, per_stage, strict=True):
             valid = token_mask(stage_size, x.shape[1], x.shape[2])
             for block in stage.blocks:
                 x = call_layer(block, x, valid, stage_size, deterministic, remat=remat, static_argnums=(3,))

@@ -67,8 +67,12 @@ def resize_valid(
     """Bilinearly resizes each image's valid (h, w) rectangle of `x` to its (h', w') rectangle in a
     canvas of `out_shape`; outside it the result is zero. Batch is axis 0."""
     h_axis, w_axis = spatial_axes
-    rows = _interpolation_matrices(in_sizes[:, 0], out_sizes[:, 0], x.shape[h_axis], out_shape[0], x.dtype).astype(x.dtype)
-    cols = _interpolation_matrices(in_sizes[:, 1], out_sizes[:, 1], x.shape[w_axis], out_shape[1], x.dtype).astype(x.dtype)
+    rows = _interpolation_matrices(in_sizes[:, 0], out_sizes[:, 0], x.shape[h_axis], out_shape[0], x.dtype).astype(
+        x.dtype
+    )
+    cols = _interpolation_matrices(in_sizes[:, 1], out_sizes[:, 1], x.shape[w_axis], out_shape[1], x.dtype).astype(
+        x.dtype
+    )
     x = jnp.moveaxis(x, (h_axis, w_axis), (-2, -1))
     x = jnp.einsum("boh,b...hw,bpw->b...op", rows, x, cols, precision="highest")
     return jnp.moveaxis(x, (-2, -1), (h_axis, w_axis))

@@ -15,7 +15,8 @@ Differences from HF's post-processing, and why, are listed in docs/postprocessin
 from __future__ import annotations
 
 import functools
-from typing import Any, Iterator, NamedTuple, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -337,13 +338,7 @@ def _assign_segment_ids(valid, labels, fused, xp=np):
 def _segment_validity(kept, visible, original, painted, overlap_mask_area_threshold):
     """The original's test: the query wins pixels, its mask is not empty, it paints at least one pixel,
     and it wins at least `overlap_mask_area_threshold` of its own mask area."""
-    return (
-        kept
-        & (visible > 0)
-        & (original > 0)
-        & (painted > 0)
-        & (visible >= overlap_mask_area_threshold * original)
-    )
+    return kept & (visible > 0) & (original > 0) & (painted > 0) & (visible >= overlap_mask_area_threshold * original)
 
 
 def post_process_panoptic_segmentation(

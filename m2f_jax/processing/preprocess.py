@@ -32,7 +32,8 @@ import json
 import math
 import os
 import warnings
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -454,7 +455,7 @@ class ImageProcessor:
 
         pixel_values = np.zeros((len(arrays), *padded, 3), np.float32)
         pixel_mask = np.zeros((len(arrays), *padded), np.bool_)
-        for i, (array, (h, w)) in enumerate(zip(arrays, resized)):
+        for i, (array, (h, w)) in enumerate(zip(arrays, resized, strict=True)):
             pixel_values[i, :h, :w] = self.normalize(resize_bilinear(array, h, w) if self.do_resize else array)
             pixel_mask[i, :h, :w] = True
         outputs = {
@@ -467,7 +468,7 @@ class ImageProcessor:
             return outputs
 
         mask_labels, class_labels = [], []
-        for seg, mapping, (h, w) in zip(maps, mappings, resized):
+        for seg, mapping, (h, w) in zip(maps, mappings, resized, strict=True):
             seg = resize_nearest(seg, h, w) if self.do_resize else seg
             if mapping is None:
                 masks, labels = semantic_to_targets(seg, self.ignore_index, self.do_reduce_labels)

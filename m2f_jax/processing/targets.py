@@ -11,7 +11,8 @@ number. Too many segments raise an error: a target is never dropped silently.
 
 from __future__ import annotations
 
-from typing import Mapping, NamedTuple, Sequence
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -127,9 +128,7 @@ def pad_targets(masks: np.ndarray, labels: np.ndarray, max_instances: int) -> Pa
     return out
 
 
-def pad_targets_batch(
-    masks: Sequence[np.ndarray], labels: Sequence[np.ndarray], max_instances: int
-) -> PaddedTargets:
+def pad_targets_batch(masks: Sequence[np.ndarray], labels: Sequence[np.ndarray], max_instances: int) -> PaddedTargets:
     """`pad_targets` for a batch: lists of (N_i, H, W) masks and (N_i,) labels -> (B, M, H, W), (B, M), (B, M).
 
     All masks must share (H, W) (images padded to one size, as the image processor does).
@@ -142,9 +141,9 @@ def pad_targets_batch(
     if len(shapes) != 1:
         raise ValueError(f"all masks must share (H, W) to be stacked, got {sorted(shapes)}")
     padded = []
-    for i, (m, lab) in enumerate(zip(masks, labels)):
+    for i, (m, lab) in enumerate(zip(masks, labels, strict=True)):
         try:
             padded.append(pad_targets(m, lab, max_instances))
         except (ValueError, TypeError) as e:
             raise type(e)(f"image {i}: {e}") from e
-    return PaddedTargets(*(np.stack(parts) for parts in zip(*padded)))
+    return PaddedTargets(*(np.stack(parts) for parts in zip(*padded, strict=True)))

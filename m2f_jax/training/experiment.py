@@ -46,12 +46,23 @@ def train_batches(c: Any, process_index: int, process_count: int) -> TrainBatche
 
 
 def model_config(c: Any, data: SyntheticDataset) -> Mask2FormerConfig:
-    """The preset or the config's fields, with the dataset's labels (init_from: that model's config)."""
-    id2label = dict(data.id2label)
+    """The preset or the config's fields (init_from: that model's config), with the dataset's labels and
+    the experiment's loss settings (which the model config carries, so config.json records them)."""
+    loss = dict(
+        id2label=dict(data.id2label),
+        class_weight=c.loss.class_weight,
+        mask_weight=c.loss.mask_weight,
+        dice_weight=c.loss.dice_weight,
+        no_object_weight=c.loss.no_object_weight,
+        train_num_points=c.loss.num_points,
+        oversample_ratio=c.loss.oversample_ratio,
+        importance_sample_ratio=c.loss.importance_sample_ratio,
+        use_auxiliary_loss=c.loss.auxiliary,
+    )
     if c.model.init_from:
-        return Mask2FormerConfig.load(c.model.init_from).replace(id2label=id2label)
+        return Mask2FormerConfig.load(c.model.init_from).replace(**loss)
     if c.model.preset:
-        return preset(c.model.preset).replace(id2label=id2label)
+        return preset(c.model.preset).replace(**loss)
     m = c.model
     backbone = SwinConfig(
         embed_dim=m.embed_dim,
@@ -60,7 +71,7 @@ def model_config(c: Any, data: SyntheticDataset) -> Mask2FormerConfig:
         window_size=m.window_size,
         drop_path_rate=m.drop_path_rate,
     )
-    return Mask2FormerConfig(backbone_config=backbone, id2label=id2label, **{k: m[k] for k in _MODEL_FIELDS})
+    return Mask2FormerConfig(backbone_config=backbone, **loss, **{k: m[k] for k in _MODEL_FIELDS})
 
 
 def check_experiment(c: Any, config: Mask2FormerConfig) -> None:
@@ -72,8 +83,9 @@ def check_experiment(c: Any, config: Mask2FormerConfig) -> None:
         )
 
 
-def loss_config(c: Any) -> LossConfig:
-    return LossConfig(**c.loss.to_dict())
+def loss_config(c: Any, config: Mask2FormerConfig) -> LossConfig:
+    """The loss settings the model config holds (see `model_config`), with the experiment's matcher."""
+    return LossConfig.from_model_config(config, matcher=c.loss.matcher)
 
 
 def optimizer_config(c: Any) -> tuple[OptimizerConfig, optax.Schedule]:
@@ -119,11 +131,14 @@ def initial_state(
     return graphdef, jax.jit(init, out_shardings=shardings)()
 
 
-def jitted_train_step(c: Any, graphdef: nnx.GraphDef, opt_config: OptimizerConfig, state: TrainState, mesh):
+def jitted_train_step(
+    c: Any, config: Mask2FormerConfig, graphdef: nnx.GraphDef, opt_config: OptimizerConfig, state: TrainState, mesh
+):
     """The step under jax.jit: the state keeps its shardings and is donated; the batch is split
     over every device; the metrics come back replicated."""
     tx = build_optimizer(opt_config, state.params)
-    step = make_train_step(graphdef, tx, loss_config(c), compute_dtype=jnp.dtype(c.compute_dtype), remat=c.remat)
+    losses = loss_config(c, config)
+    step = make_train_step(graphdef, tx, losses, compute_dtype=jnp.dtype(c.compute_dtype), remat=c.remat)
     shardings = jax.tree.map(lambda x: x.sharding, state)
     return jax.jit(
         step,

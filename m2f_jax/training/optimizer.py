@@ -63,7 +63,10 @@ def learning_rate_schedule(config: OptimizerConfig) -> optax.Schedule:
     detectron2's linear warmup factor (warmup_factor -> 1 over warmup_steps)."""
     base, total = config.learning_rate, config.total_steps
     if config.schedule == "poly":
-        main = lambda t: base * jnp.maximum(1.0 - t / total, 0.0) ** config.poly_power
+
+        def main(t):
+            return base * jnp.maximum(1.0 - t / total, 0.0) ** config.poly_power
+
     elif config.schedule == "multistep":
         boundaries = {int(m * total): config.gamma for m in config.milestones}
         main = optax.piecewise_constant_schedule(base, boundaries)
@@ -126,7 +129,7 @@ def describe_groups(params: Any) -> Mapping[str, list[str]]:
     """Parameter names per group, for logging and tests."""
     in_backbone, decay = parameter_groups(params)
     groups: dict[str, list[str]] = {"backbone": [], "no_weight_decay": []}
-    for (path, b), d in zip(jax.tree_util.tree_flatten_with_path(in_backbone)[0], jax.tree.leaves(decay)):
+    for (path, b), d in zip(jax.tree_util.tree_flatten_with_path(in_backbone)[0], jax.tree.leaves(decay), strict=True):
         if b:
             groups["backbone"].append(path_name(path))
         if not d:

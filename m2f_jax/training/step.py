@@ -15,12 +15,9 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
-from m2f_jax.config import Mask2FormerConfig
 from m2f_jax.losses import LossConfig, check_targets, mask2former_loss
 from m2f_jax.modeling import Mask2FormerForUniversalSegmentation
 from m2f_jax.processing.targets import PaddedTargets
-
-BATCH_KEYS = ("pixel_values", "pixel_mask", "mask_labels", "class_labels", "mask_valid")
 
 
 @struct.dataclass
@@ -49,13 +46,6 @@ def init_state(
         loss_key=jax.random.key(seed),
     )
     return graphdef, state
-
-
-def random_init(config: Mask2FormerConfig, optimizer: optax.GradientTransformation, seed: int):
-    """A freshly initialised model's (graphdef, TrainState) (call under jax.jit with out_shardings
-    to create a sharded state without ever holding it whole on one device)."""
-    model = Mask2FormerForUniversalSegmentation(config, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
-    return init_state(model, optimizer, seed + 2)
 
 
 def targets_of(batch: Mapping[str, jax.Array]) -> PaddedTargets:
@@ -107,7 +97,10 @@ def make_train_step(
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+        def keep(new, old):
+            return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
         new_state = TrainState(
             step=state.step + finite.astype(jnp.int32),
             params=keep(params, state.params),

@@ -47,10 +47,6 @@ def save_random_hf_model(config: Mask2FormerConfig, folder, seed: int = 0):
     return model
 
 
-def nchw(x) -> np.ndarray:
-    return np.asarray(x).transpose(0, 3, 1, 2)
-
-
 def nhwc(x) -> np.ndarray:
     return np.asarray(x).transpose(0, 2, 3, 1)
 
