@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import jax
 import numpy as np
@@ -16,24 +15,11 @@ import pytest
 from PIL import Image
 
 import m2f_jax
+from m2f_jax.apps import predict
 
-from helpers import save_random_hf_model, tiny_config
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-import predict  # noqa: E402
 
 GOOD = {"street.png": (70, 90), "room.jpg": (64, 48), "gray.png": (50, 100)}
 _forward = jax.jit(lambda m, x, pm: m(x, pixel_mask=pm))
-
-
-@pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    hf = tmp_path_factory.mktemp("hf")
-    save_random_hf_model(tiny_config(window_size=7), hf, seed=4)
-    m2f_jax.ImageProcessor(size={"shortest_edge": 64, "longest_edge": 96}).save_pretrained(hf)
-    out = tmp_path_factory.mktemp("converted")
-    m2f_jax.convert_hf(str(hf), str(out))
-    return str(out)
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +74,10 @@ def test_predict_folder_with_a_corrupt_file(converted, photos, tmp_path, capsys,
         assert set(np.unique(ids)) <= listed
 
 
-def test_predict_refuses_a_missing_input(converted, tmp_path):
-    with pytest.raises(FileNotFoundError, match="neither a file nor a folder"):
-        predict.main(["--model", converted, "--task", "semantic", "--input", str(tmp_path / "nope"), "--output", "x"])
+def test_predict_refuses_a_missing_input(converted, tmp_path, capsys):
+    args = ["--model", converted, "--task", "semantic", "--input", str(tmp_path / "nope"), "--output", "x"]
+    assert predict.main(args) == 2
+    assert "neither a file nor a folder" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("task", ["panoptic", "instance", "semantic"])

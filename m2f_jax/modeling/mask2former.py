@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax.numpy as jnp
 from flax import nnx, struct
 
@@ -31,6 +33,38 @@ class Mask2FormerOutput:
     encoder_hidden_states: tuple[jnp.ndarray, ...] | None = None
     pixel_decoder_hidden_states: tuple[jnp.ndarray, ...] | None = None
     mask_features: jnp.ndarray | None = None
+
+    # HF's ModelOutput is also read as a mapping of its non-None fields: outputs["class_queries_logits"].
+    def __getitem__(self, key: str):
+        if not isinstance(key, str):
+            raise TypeError(f"Mask2FormerOutput is indexed by field name, e.g. outputs['class_queries_logits']; got {key!r}")
+        if key not in self.keys():
+            raise KeyError(f"{key!r} is not among this output's fields {self.keys()}")
+        return getattr(self, key)
+
+    def keys(self) -> list[str]:
+        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
+
+    def items(self) -> list[tuple[str, object]]:
+        return [(k, getattr(self, k)) for k in self.keys()]
+
+
+_PROCESSOR_METADATA = ("image_sizes", "original_sizes")
+_TARGETS = ("mask_labels", "class_labels", "mask_valid")
+
+
+def _check_processor_outputs(extra: dict) -> None:
+    """Keyword arguments beyond the model's own: the processor's metadata passes; targets and anything
+    else are refused (HF's model computes a loss from targets; ours leaves that to m2f_jax.losses)."""
+    targets = sorted(k for k in extra if k in _TARGETS)
+    if targets:
+        raise ValueError(
+            f"the model takes no targets ({', '.join(targets)}): compute the loss with "
+            "m2f_jax.losses.mask2former_loss(outputs, targets, key, config), or train with train.py"
+        )
+    unknown = sorted(k for k in extra if k not in _PROCESSOR_METADATA)
+    if unknown:
+        raise TypeError(f"unexpected keyword arguments {unknown}")
 
 
 class PixelLevelModule(nnx.Module):
@@ -65,13 +99,17 @@ class Mask2FormerForUniversalSegmentation(nnx.Module):
         deterministic: bool = True,
         output_hidden_states: bool = False,
         remat: bool = False,
+        **processor_outputs,
     ) -> Mask2FormerOutput:
         """pixel_values (B, H, W, C) float; pixel_mask (B, H, W), True on real pixels, which must form
         a top-left rectangle of each image (as the image processor pads). Each image's predictions
         on its valid region then equal those for the image alone; outside it they mean nothing.
         `deterministic=False` turns dropout and drop-path on (the model's 'dropout' RNG stream).
         `remat=True` recomputes the activations of every Swin block, pixel-decoder layer and decoder
-        layer in the backward pass instead of storing them (less memory for training, same values)."""
+        layer in the backward pass instead of storing them (less memory for training, same values).
+        The processor's other outputs (`image_sizes`, `original_sizes`) are accepted and not needed, so
+        `model(**processor(images))` works as with HF."""
+        _check_processor_outputs(processor_outputs)
         self._check_inputs(pixel_values, pixel_mask)
         b, height, width, _ = pixel_values.shape
         sizes = image_sizes(pixel_mask, b, height, width)

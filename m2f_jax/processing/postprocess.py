@@ -15,7 +15,7 @@ Differences from HF's post-processing, and why, are listed in docs/postprocessin
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -46,13 +46,52 @@ def _sizes(name: str, sizes: Sequence[Sequence[int]] | None, batch: int) -> list
     """Checks a per-image list of (height, width) pairs."""
     if sizes is None:
         return None
-    sizes = [tuple(int(v) for v in s) for s in sizes]
+    sizes = np.asarray(sizes)
+    if sizes.ndim == 1:
+        raise ValueError(
+            f"{name} must hold one (height, width) per image, e.g. [(480, 640)] for one image; got the flat "
+            f"{tuple(sizes.tolist())}"
+        )
+    if sizes.ndim != 2 or sizes.shape[1] != 2 or not np.issubdtype(sizes.dtype, np.integer):
+        raise ValueError(f"{name} must be (height, width) integer pairs, one per image; got {sizes.tolist()}")
     if len(sizes) != batch:
         raise ValueError(f"{name} must have one (height, width) per image ({batch}), got {len(sizes)}")
     for s in sizes:
-        if len(s) != 2 or min(s) < 1:
-            raise ValueError(f"{name} entries must be (height, width) with positive sides, got {s}")
-    return sizes
+        if min(s) < 1:
+            raise ValueError(f"{name} entries must be (height, width) with positive sides, got {tuple(s.tolist())}")
+    return [(int(h), int(w)) for h, w in sizes]
+
+
+def _check_fractions(**values: float) -> None:
+    """Thresholds are probabilities or fractions: numbers in [0, 1] (NaN compares false everywhere and
+    would silently keep or drop everything)."""
+    for name, value in values.items():
+        if isinstance(value, jax.core.Tracer):
+            continue
+        number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+        if not number or not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+
+
+def _check_top_k(top_k: int) -> None:
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+
+
+def _label_set(label_ids_to_fuse: Any) -> set[int]:
+    """`label_ids_to_fuse` as a set of ints: a collection of label ids, or None."""
+    if label_ids_to_fuse is None:
+        return set()
+    if isinstance(label_ids_to_fuse, (str, bytes, Mapping)) or not isinstance(label_ids_to_fuse, Iterable):
+        raise ValueError(
+            f"label_ids_to_fuse must be a collection of label ids, e.g. {{0, 3}}; got {label_ids_to_fuse!r}"
+        )
+    labels = set()
+    for label in label_ids_to_fuse:
+        if isinstance(label, bool) or not isinstance(label, (int, np.integer)):
+            raise ValueError(f"label_ids_to_fuse must hold integer label ids, got {label!r}")
+        labels.add(int(label))
+    return labels
 
 
 def _read_outputs(
@@ -69,6 +108,13 @@ def _read_outputs(
             "expected class_queries_logits (B, Q, K+1) and masks_queries_logits (B, Q, h, w), got "
             f"{class_logits.shape} and {mask_logits.shape}"
         )
+    for name, logits in (("class_queries_logits", class_logits), ("masks_queries_logits", mask_logits)):
+        finite = np.isfinite(logits).reshape(len(logits), -1).all(-1)
+        if not finite.all():
+            raise ValueError(
+                f"{name} of image(s) {np.flatnonzero(~finite).tolist()} contain NaN or infinite values: the "
+                "model's output is not usable (non-finite weights or inputs?)"
+            )
     batch, _, h, w = mask_logits.shape
     padded = (4 * h, 4 * w)
     images = _sizes("image_sizes", image_sizes, batch) or [padded] * batch
@@ -278,6 +324,10 @@ def post_process_instance_segmentation(
     """
     if return_coco_annotation and return_binary_maps:
         raise ValueError("return_coco_annotation and return_binary_maps can not both be True")
+    _check_fractions(
+        threshold=threshold, mask_threshold=mask_threshold, overlap_mask_area_threshold=overlap_mask_area_threshold
+    )
+    _check_top_k(top_k)
     class_logits, mask_logits, images, targets = _read_outputs(outputs, target_sizes, image_sizes)
     _, q, h, w = mask_logits.shape
     k = class_logits.shape[-1] - 1
@@ -361,8 +411,11 @@ def post_process_panoptic_segmentation(
     when no query passes `threshold` (as HF). Peak memory: the output map (4 bytes per target pixel),
     5 bytes per target pixel more and about `_BAND_BYTES` of working memory.
     """
+    _check_fractions(
+        threshold=threshold, mask_threshold=mask_threshold, overlap_mask_area_threshold=overlap_mask_area_threshold
+    )
+    fuse = _label_set(label_ids_to_fuse)
     class_logits, mask_logits, images, targets = _read_outputs(outputs, target_sizes, image_sizes)
-    fuse = set(label_ids_to_fuse or ())
     _, _, h, w = mask_logits.shape
     num_labels = class_logits.shape[-1] - 1
     cut = _logit(mask_threshold)
@@ -478,6 +531,7 @@ def instance_inference(
     Memory: a few (B, k, H, W) arrays (float32 logits and probs, boolean masks).
     """
     num_labels = class_logits.shape[-1] - 1
+    _check_top_k(top_k)
     cut = jnp.log(mask_threshold) - jnp.log1p(-mask_threshold)
 
     def one_image(class_logits: jnp.ndarray, mask_logits: jnp.ndarray):

@@ -36,9 +36,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from m2f_jax.processing import postprocess
+from m2f_jax.processing import image_io, postprocess
 from m2f_jax.processing.targets import instance_to_targets, pad_targets_batch, semantic_to_targets
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -46,8 +46,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 BILINEAR = 2  # PIL.Image.Resampling.BILINEAR, HF's `resample` value; the only one Mask2Former uses
 CONFIG_NAME = "preprocessor_config.json"
 
+_CHANNEL_COUNTS = (1, 3, 4)
+_TENSOR_TYPES = (None, "np", "jax")
 _SIZE_KEYS = ({"shortest_edge", "longest_edge"}, {"height", "width"}, {"max_height", "max_width"})
-_PIL_NATIVE_MODES = ("I", "F", "I;16", "I;16B", "I;16L", "I;16N")  # one channel, values beyond uint8
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -149,28 +150,17 @@ def _describe(x: Any) -> str:
     return f"{type(x).__name__} with shape {tuple(shape)}" if shape is not None else type(x).__name__
 
 
-def _open_image(path: str | os.PathLike, where: str) -> Image.Image:
-    """Reads an image file fully; a missing file raises FileNotFoundError, an unreadable one ValueError."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{where}: no such file {os.fspath(path)!r}")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, SyntaxError, ValueError) as e:
-        raise ValueError(f"{where}: cannot read {os.fspath(path)!r} as an image ({e})") from e
+def _as_array(item: Any, where: str) -> tuple[np.ndarray, bool]:
+    """A PIL image, file path or array-like -> (numpy array, whether its layout is known to be (H, W, C)).
 
-
-def _as_array(item: Any, where: str) -> np.ndarray:
-    """A PIL image, file path or array-like -> numpy array (PIL images other than 1-channel ints -> RGB)."""
+    Files and PIL images go through `image_io` (EXIF orientation, RGB, wide modes refused) and are
+    always (H, W, 3); arrays are taken as they are."""
     if isinstance(item, (str, os.PathLike)):
-        item = _open_image(item, where)
+        return image_io.read_image(item, where), True
     if isinstance(item, Image.Image):
-        if item.mode in _PIL_NATIVE_MODES:
-            return np.asarray(item)
-        return np.asarray(item if item.mode == "RGB" else item.convert("RGB"))
+        return image_io.pil_to_rgb(item, where), True
     if isinstance(item, np.ndarray) or hasattr(item, "__array__"):
-        return np.asarray(item)
+        return np.asarray(item), False
     raise TypeError(
         f"{where}: expected a PIL image, a numpy array (H, W), (H, W, C) or (C, H, W), or a file path; "
         f"got {_describe(item)}"
@@ -196,18 +186,33 @@ def _check_values(array: np.ndarray, where: str) -> np.ndarray:
     raise TypeError(f"{where}: expected an integer or floating-point image, got dtype {array.dtype}")
 
 
-def _to_hwc(array: np.ndarray, where: str, input_data_format: str | None) -> np.ndarray:
-    """(H, W), (H, W, C) or (C, H, W) with C in 1/3/4 -> (H, W, 3): gray repeated, alpha dropped."""
+def _channel_layout(shape: tuple[int, ...], where: str, input_data_format: str | None) -> str:
+    """The layout of a 3-D array: as given, else inferred when only one reading has 1, 3 or 4 channels.
+    A shape that reads both ways (3x3x3, 1x100x3, 4x5x3, ...) is refused rather than guessed."""
+    if input_data_format is not None:
+        return input_data_format
+    first, last = shape[0] in _CHANNEL_COUNTS, shape[-1] in _CHANNEL_COUNTS
+    if first and last:
+        raise ValueError(
+            f"{where}: shape {shape} reads both as (C, H, W) and as (H, W, C); pass "
+            "input_data_format='channels_last' or 'channels_first'"
+        )
+    if not (first or last):
+        raise ValueError(
+            f"{where}: cannot tell the channel axis of shape {shape}: expected 1, 3 or 4 channels "
+            "first (C, H, W) or last (H, W, C)"
+        )
+    return "channels_first" if first else "channels_last"
+
+
+def _to_hwc(array: np.ndarray, where: str, layout: str | None) -> np.ndarray:
+    """(H, W), or (H, W, C) / (C, H, W) as `layout` says, with C in 1/3/4 -> (H, W, 3): gray repeated,
+    alpha dropped."""
     if array.ndim == 2:
         array = array[:, :, None]
     elif array.ndim == 3:
-        if input_data_format == "channels_first" or (input_data_format is None and array.shape[0] in (1, 3, 4)):
+        if layout == "channels_first":
             array = np.moveaxis(array, 0, -1)
-        elif input_data_format is None and array.shape[-1] not in (1, 3, 4):
-            raise ValueError(
-                f"{where}: cannot tell the channel axis of shape {array.shape}: expected 1, 3 or 4 channels "
-                "first (C, H, W) or last (H, W, C)"
-            )
     else:
         raise ValueError(
             f"{where}: expected an image of rank 2 (H, W) or 3 (H, W, C)/(C, H, W), got shape {array.shape}"
@@ -238,7 +243,7 @@ def _as_list(items: Any, name: str, batch_ndim: int) -> list[Any]:
 def _segmentation_map(item: Any, where: str, image_size: tuple[int, int]) -> np.ndarray:
     """A (H, W) integer map matching its image's size (PIL 'L'/'P'/'I' images and paths are read as is)."""
     if isinstance(item, (str, os.PathLike)):
-        item = _open_image(item, where)
+        item = image_io.open_image(item, where)
     seg = np.asarray(item)
     if seg.ndim != 2:
         raise ValueError(
@@ -276,11 +281,12 @@ def _size_dict(size: Any, max_size: int | None = None) -> dict[str, int]:
 class ImageProcessor:
     """HF `Mask2FormerImageProcessor` settings and operations; call it on images to get model inputs.
 
-    Images: PIL images, file paths, or arrays (H, W), (H, W, C) or (C, H, W) with C in 1/3/4 (channels
-    first when the leading axis has 1, 3 or 4 entries, as HF infers; override with input_data_format),
-    uint8 or float, any sizes; one image or a list (or a (B, H, W, C) array). Conversions: grayscale is
-    repeated to 3 channels, an alpha channel is dropped, PIL images are converted to RGB (16-bit and
-    float PIL modes are read as 1-channel arrays), other integer arrays are taken as uint8 if their values
+    Images: PIL images, file paths, or arrays (H, W), (H, W, C) or (C, H, W) with C in 1/3/4, uint8 or
+    float, any sizes; one image or a list (or a (B, H, W, C) array). Files and PIL images are read by
+    `image_io` (upright per EXIF, RGB; 16-bit and float modes refused) and are always (H, W, C). An
+    array is read as channels-first only when its shape allows no other reading (a warning says so);
+    one that reads both ways (e.g. 3x3x3) needs input_data_format. Conversions: grayscale is repeated
+    to 3 channels, an alpha channel is dropped, other integer arrays are taken as uint8 if their values
     fit. Float images are rescaled by `rescale_factor` like uint8 ones when do_rescale is True (HF's
     semantics): for floats already in [0, 1] use do_rescale=False (a warning says so otherwise).
     """
@@ -420,6 +426,7 @@ class ImageProcessor:
         *,
         max_instances: int | None = None,
         input_data_format: str | None = None,
+        return_tensors: str | None = None,
     ) -> dict[str, Any]:
         """Images (and their segmentation maps) -> a dict of numpy arrays for the model and the loss.
 
@@ -432,16 +439,34 @@ class ImageProcessor:
         of (N_i,) int64 (see `targets`). With max_instances, the targets come in fixed shapes instead:
         mask_labels (B, M, H, W) bool, class_labels (B, M) int32 (-1 in empty slots), mask_valid (B, M) bool.
         input_data_format: "channels_first" or "channels_last" for 3-D arrays, instead of inferring it.
+        return_tensors: None or "np" (numpy arrays), or "jax" (jax arrays); as HF's argument, so that
+        `processor(images=..., return_tensors="np")` works.
         """
+        if return_tensors not in _TENSOR_TYPES:
+            raise ValueError(
+                f"return_tensors must be one of {_TENSOR_TYPES} (m2f_jax works on numpy and jax arrays), "
+                f"got {return_tensors!r}"
+            )
         if input_data_format not in (None, "channels_first", "channels_last"):
             raise ValueError(
                 f"input_data_format must be 'channels_first' or 'channels_last', got {input_data_format!r}"
             )
         batch = _as_list(images, "images", batch_ndim=4)
-        arrays = []
+        arrays, guessed = [], []
         for i, item in enumerate(batch):
             where = f"image {i}"
-            arrays.append(_check_values(_to_hwc(_as_array(item, where), where, input_data_format), where))
+            array, channels_last = _as_array(item, where)
+            layout = None
+            if array.ndim == 3:
+                layout = "channels_last" if channels_last else _channel_layout(array.shape, where, input_data_format)
+                if layout == "channels_first" and input_data_format is None:
+                    guessed.append(f"image {i} (shape {array.shape})")
+            arrays.append(_check_values(_to_hwc(array, where, layout), where))
+        if guessed:
+            warnings.warn(
+                f"{', '.join(guessed)} read as channels-first (C, H, W); pass input_data_format to say so",
+                stacklevel=2,
+            )
         original = [a.shape[:2] for a in arrays]
         maps, mappings = self._check_targets(segmentation_maps, instance_id_to_semantic_id, original)
         resized = [self.resized_size(h, w) for h, w in original]
@@ -465,7 +490,7 @@ class ImageProcessor:
             "original_sizes": np.array(original, np.int64).reshape(-1, 2),
         }
         if maps is None:
-            return outputs
+            return _as_tensors(outputs, return_tensors)
 
         mask_labels, class_labels = [], []
         for seg, mapping, (h, w) in zip(maps, mappings, resized, strict=True):
@@ -483,7 +508,7 @@ class ImageProcessor:
         else:
             targets = pad_targets_batch(mask_labels, class_labels, max_instances)
             outputs.update(mask_labels=targets.masks, class_labels=targets.labels, mask_valid=targets.valid)
-        return outputs
+        return _as_tensors(outputs, return_tensors)
 
     def _check_targets(
         self, segmentation_maps: Any, instance_id_to_semantic_id: Any, sizes: list[tuple[int, int]]
@@ -506,6 +531,15 @@ class ImageProcessor:
             if len(mappings) != len(maps):
                 raise ValueError(f"got {len(maps)} segmentation maps but {len(mappings)} instance_id_to_semantic_id")
         return maps, mappings
+
+
+def _as_tensors(outputs: dict[str, Any], return_tensors: str | None) -> dict[str, Any]:
+    """numpy arrays as they are, or as jax arrays for "jax" (lists of per-image targets stay lists)."""
+    if return_tensors != "jax":
+        return outputs
+    import jax.numpy as jnp
+
+    return {k: [jnp.asarray(v) for v in x] if isinstance(x, list) else jnp.asarray(x) for k, x in outputs.items()}
 
 
 def _size_with_aspect_ratio(height: int, width: int, shortest: int, longest: int) -> tuple[int, int]:
