@@ -7,8 +7,10 @@ the model's dotted parameter paths (`model.transformer_module.decoder.layernorm.
 from __future__ import annotations
 
 import functools
+import glob
 import os
 import shutil
+import uuid
 from collections.abc import Mapping
 
 import jax
@@ -16,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from m2f_jax import hub
 from m2f_jax.config import Mask2FormerConfig
 from m2f_jax.conversion import hf
 from m2f_jax.modeling import Mask2FormerForUniversalSegmentation
@@ -74,40 +77,171 @@ def model_params(model: Mask2FormerForUniversalSegmentation) -> dict[str, np.nda
     return {_path_name(path): np.asarray(v[...]) for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
 
 
-def save_model(model: Mask2FormerForUniversalSegmentation, folder: str) -> None:
+def save_model(
+    model: Mask2FormerForUniversalSegmentation, folder: str | os.PathLike, *, overwrite: bool = False
+) -> None:
+    """Writes `folder` (config.json + flax_model.safetensors) atomically; an existing non-empty folder is
+    replaced, whole, only with `overwrite=True`."""
+    check_destination(folder, overwrite)
+    _write_converted(model, folder, overwrite, carried=())
+
+
+def check_destination(folder: str | os.PathLike, overwrite: bool = False) -> None:
+    """Refuses an output folder that cannot or must not be written, before any work: an existing file,
+    an existing non-empty folder (unless `overwrite`), or a parent we cannot write to."""
+    path = os.path.abspath(os.fspath(folder))
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise FileExistsError(f"the destination {os.fspath(folder)} exists and is not a folder")
+    if os.path.isdir(path) and os.listdir(path) and not overwrite:
+        raise FileExistsError(
+            f"the destination {os.fspath(folder)} exists and is not empty; "
+            "pass overwrite=True (--overwrite) to replace it whole"
+        )
+    ancestor = os.path.dirname(path)
+    while not os.path.lexists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise NotADirectoryError(f"cannot create {os.fspath(folder)}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot create {os.fspath(folder)}: no permission to write in {ancestor}")
+
+
+def _check_apart(source: str, destination: str | os.PathLike) -> None:
+    """A conversion never writes into its source, nor replaces a folder that holds it."""
+    src, dst = os.path.realpath(source), os.path.realpath(os.fspath(destination))
+    if os.path.commonpath([src, dst]) == src:
+        where = "is" if src == dst else "is inside"
+        raise ValueError(
+            f"the destination {os.fspath(destination)} {where} the source folder {source}; "
+            "the converter never writes into its source: choose a destination outside it"
+        )
+    if os.path.commonpath([src, dst]) == dst:
+        raise ValueError(
+            f"the source {source} is inside the destination {os.fspath(destination)}, which would be replaced; "
+            "choose another destination"
+        )
+
+
+def _write_converted(model, folder: str | os.PathLike, overwrite: bool, carried: tuple[str, ...]) -> None:
+    """Builds the folder in a temporary sibling and renames it into place: a crash leaves no half-written
+    folder, and an overwritten folder keeps none of its old files."""
     from safetensors.numpy import save_file
 
-    os.makedirs(folder, exist_ok=True)
-    model.config.save(folder)
-    save_file(model_params(model), os.path.join(folder, FLAX_WEIGHTS))
+    path = os.path.abspath(os.fspath(folder))
+    parent, name = os.path.split(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+    os.mkdir(tmp)
+    try:
+        model.config.save(tmp)
+        save_file(model_params(model), os.path.join(tmp, FLAX_WEIGHTS))
+        for file in carried:
+            shutil.copyfile(file, os.path.join(tmp, os.path.basename(file)))
+        for file in os.listdir(tmp):
+            with open(os.path.join(tmp, file), "rb") as f:
+                os.fsync(f.fileno())
+        _move_into_place(tmp, path, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
-def convert_hf(source: str, destination: str | None = None, revision: str | None = None):
+def _move_into_place(tmp: str, path: str, overwrite: bool) -> None:
+    if not os.path.lexists(path):
+        os.rename(tmp, path)
+        return
+    if os.path.isdir(path) and not os.path.islink(path) and not os.listdir(path):
+        os.rmdir(path)
+        os.rename(tmp, path)
+        return
+    check_destination(path, overwrite)  # it may have changed since the first check
+    old = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.old-{uuid.uuid4().hex[:8]}")
+    os.rename(path, old)
+    try:
+        os.rename(tmp, path)
+    except BaseException:
+        os.rename(old, path)
+        raise
+    if os.path.islink(old):
+        os.unlink(old)
+    else:
+        shutil.rmtree(old)
+
+
+def _source_folder(name_or_path: str | os.PathLike, revision: str | None) -> str:
+    """The local folder of a source: the folder given, or the hub repository's files (cached or fetched)."""
+    path, local = hub.local_or_hub(name_or_path)
+    if local:
+        if not os.path.isdir(path):
+            raise NotADirectoryError(
+                f"{path} is a file; expected a folder (config.json with {FLAX_WEIGHTS} or Hugging Face weights) "
+                "or a hub id"
+            )
+        return path
+    folder = hub.snapshot(path, revision, [*hf.SAFETENSORS_PATTERNS, FLAX_WEIGHTS])
+    if os.path.isfile(os.path.join(folder, FLAX_WEIGHTS)) or glob.glob(os.path.join(folder, "model*.safetensors")):
+        return folder
+    return hub.snapshot(path, revision, hf.BIN_PATTERNS)
+
+
+def _convert(folder: str, seed: int = 0):
+    config, state_dict = hf.load_hf_checkpoint(folder)
+    params, ignored = hf.hf_to_flax(state_dict)
+    return model_from_params(config, params, seed), ignored
+
+
+def convert_hf(
+    source: str | os.PathLike,
+    destination: str | os.PathLike | None = None,
+    revision: str | None = None,
+    *,
+    overwrite: bool = False,
+):
     """Converts a HF checkpoint (folder or hub id); returns (model, ignored keys).
 
-    With `destination`, also writes the converted folder (config.json, flax_model.safetensors,
-    and the preprocessor config when the source has one).
+    With `destination`, also writes the converted folder (config.json, flax_model.safetensors, and the
+    preprocessor config when the source has one), atomically. An existing non-empty destination is
+    replaced, whole, only with `overwrite=True`; a destination equal to, inside, or holding the source is
+    always refused (the source is never modified). All of this is checked before any conversion.
     """
-    config, state_dict, folder = hf.load_hf_checkpoint(source, revision)
-    params, ignored = hf.hf_to_flax(state_dict)
-    model = model_from_params(config, params)
+    path, local = hub.local_or_hub(source)
     if destination is not None:
-        save_model(model, destination)
-        for name in CARRIED_FILES:
-            if os.path.isfile(os.path.join(folder, name)):
-                shutil.copy(os.path.join(folder, name), os.path.join(destination, name))
+        if local:
+            _check_apart(path, destination)
+        check_destination(destination, overwrite)
+    folder = _source_folder(source, revision)
+    if destination is not None:
+        _check_apart(folder, destination)
+    model, ignored = _convert(folder)
+    model.name_or_path = os.fspath(source)
+    if destination is not None:
+        carried = tuple(os.path.join(folder, n) for n in CARRIED_FILES if os.path.isfile(os.path.join(folder, n)))
+        _write_converted(model, destination, overwrite, carried)
     return model, ignored
 
 
-def from_pretrained(path: str, revision: str | None = None, seed: int = 0) -> Mask2FormerForUniversalSegmentation:
-    """The ready model from a converted folder, a raw HF `save_pretrained` folder, or a hub id."""
-    if os.path.isfile(os.path.join(path, FLAX_WEIGHTS)):
-        from safetensors.numpy import load_file
+def read_converted(folder: str) -> tuple[Mask2FormerConfig, dict[str, np.ndarray]]:
+    """(config, parameters) of a converted folder, checked: readable files, all weights finite."""
+    config = hf.read_config(folder)
+    weights = os.path.join(folder, FLAX_WEIGHTS)
+    params = hf.read_safetensors(weights)
+    hf.check_finite(params, weights)
+    return config, params
 
-        config = Mask2FormerConfig.load(path)
-        return model_from_params(config, load_file(os.path.join(path, FLAX_WEIGHTS)), seed)
-    if os.path.isdir(path) and not hf.is_hf_folder(path):
+
+def from_pretrained(
+    name_or_path: str | os.PathLike, revision: str | None = None, seed: int = 0
+) -> Mask2FormerForUniversalSegmentation:
+    """The ready model from a converted folder, a raw HF `save_pretrained` folder, or a hub id (read from
+    the local HF cache when offline). `model.name_or_path` records the source as given."""
+    folder = _source_folder(name_or_path, revision)
+    if os.path.isfile(os.path.join(folder, FLAX_WEIGHTS)):
+        model = model_from_params(*read_converted(folder), seed)
+    elif hf.is_hf_folder(folder):
+        model = _convert(folder, seed)[0]
+    else:
         raise FileNotFoundError(
-            f"{path} has neither {FLAX_WEIGHTS} nor Hugging Face weights ({', '.join(hf.WEIGHT_FILES)})"
+            f"{folder} has neither {FLAX_WEIGHTS} nor Hugging Face weights ({', '.join(hf.WEIGHT_FILES)})"
         )
-    return convert_hf(path, revision=revision)[0]
+    model.name_or_path = os.fspath(name_or_path)
+    return model

@@ -48,6 +48,8 @@ def test_cli_converts_and_folder_loads_without_torch_weights(hf_folder, tmp_path
     assert "converted" in result.stdout and "ignored" in result.stdout
     assert sorted(os.listdir(dst)) == ["config.json", FLAX_WEIGHTS, "preprocessor_config.json"]
     raw, converted = m2f_jax.from_pretrained(str(hf_folder)), m2f_jax.from_pretrained(str(dst))
+    # The source is recorded as given (a static str: the jitted forwards below carry it).
+    assert (raw.name_or_path, converted.name_or_path) == (str(hf_folder), str(dst))
     # Lossless: every weight of the written folder is the raw checkpoint's, bit for bit.
     raw_params = jax.tree_util.tree_leaves_with_path(nnx.state(raw, nnx.Param))
     converted_params = jax.tree_util.tree_leaves_with_path(nnx.state(converted, nnx.Param))

@@ -9,13 +9,13 @@ key is checked both ways and every shape, and a mismatch fails with the full lis
 from __future__ import annotations
 
 import glob
-import json
 import os
 import re
 from collections.abc import Mapping
 
 import numpy as np
 
+from m2f_jax import hub
 from m2f_jax.config import Mask2FormerConfig
 
 # Keys that checkpoints carry but the model does not use: the loss's class weights, Swin's
@@ -119,62 +119,101 @@ WEIGHT_FILES = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
+# What to fetch of a hub repository: the JSON files and the safetensors weights, else the .bin weights.
+SAFETENSORS_PATTERNS = ["*.json", "model*.safetensors"]
+BIN_PATTERNS = ["*.json", "pytorch_model*.bin"]
 
 
 def is_hf_folder(path: str) -> bool:
     return os.path.isdir(path) and any(os.path.isfile(os.path.join(path, f)) for f in WEIGHT_FILES)
 
 
-def download(repo_id: str, revision: str | None = None) -> str:
-    """Fetches config.json and the weights of a hub repository; returns the local folder."""
+def read_config(folder: str) -> Mask2FormerConfig:
+    """The model config of a folder's config.json; errors name the file and say what is wrong."""
+    path = os.path.join(folder, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no config.json in {folder}")
+    data = hub.read_json(path)
+    architectures = data.get("architectures") or []
+    if architectures and "Mask2FormerForUniversalSegmentation" not in architectures:
+        raise ValueError(f"{path}: expected Mask2FormerForUniversalSegmentation weights, got {architectures}")
     try:
-        import huggingface_hub
-    except ImportError as e:  # pragma: no cover - huggingface_hub is a dependency
-        raise ImportError("downloading from the hub needs huggingface_hub (pip install huggingface_hub)") from e
-    files = set(huggingface_hub.list_repo_files(repo_id, revision=revision))
-    if "config.json" not in files:
-        raise FileNotFoundError(f"{repo_id} has no config.json")
-    weights = [f for f in WEIGHT_FILES if f in files]
-    if not weights:
-        raise FileNotFoundError(f"{repo_id} has none of {WEIGHT_FILES}")
-    patterns = ["*.json", "model*.safetensors"] if weights[0].startswith("model.") else ["*.json", "pytorch_model*.bin"]
-    return huggingface_hub.snapshot_download(repo_id, revision=revision, allow_patterns=patterns)
+        return Mask2FormerConfig.from_hf_dict(data)
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise ValueError(f"{path}: {e}") from e
+
+
+def read_safetensors(path: str) -> dict[str, np.ndarray]:
+    """The tensors of a safetensors file; ValueError naming the file when it cannot be parsed."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(path)
+    except (SafetensorError, ValueError, TypeError) as e:
+        raise ValueError(f"{path} is not a readable safetensors file ({e})") from e
+
+
+def _read_bin(path: str) -> dict[str, np.ndarray]:
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except Exception as e:  # torch reports corrupt files as RuntimeError, UnpicklingError, EOFError, ...
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{path} must hold a state dict (name -> tensor), got {type(state).__name__}")
+    return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}
 
 
 def read_state_dict(folder: str) -> dict[str, np.ndarray]:
     """All tensors of a `save_pretrained` folder as numpy arrays (safetensors preferred; .bin needs torch)."""
     shards = sorted(glob.glob(os.path.join(folder, "model*.safetensors")))
     if shards:
-        from safetensors.numpy import load_file
-
         state = {}
         for shard in shards:
-            state.update(load_file(shard))
+            state.update(read_safetensors(shard))
         return state
     bins = sorted(glob.glob(os.path.join(folder, "pytorch_model*.bin")))
     if bins:
         try:
-            import torch
+            import torch  # noqa: F401
         except ImportError as e:
             raise ImportError(
                 f"{folder} holds PyTorch .bin weights, which need torch to read (pip install torch)"
             ) from e
         state = {}
         for shard in bins:
-            for k, v in torch.load(shard, map_location="cpu", weights_only=True).items():
-                state[k] = v.float().numpy() if v.is_floating_point() else v.numpy()
+            state.update(_read_bin(shard))
         return state
     raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in {folder}")
 
 
-def load_hf_checkpoint(
-    source: str, revision: str | None = None
-) -> tuple[Mask2FormerConfig, dict[str, np.ndarray], str]:
-    """(config, hub-named state dict, local folder) from a `save_pretrained` folder or a hub id."""
-    folder = source if os.path.isdir(source) else download(source, revision)
-    config = Mask2FormerConfig.load(folder)
-    with open(os.path.join(folder, "config.json")) as f:
-        architectures = json.load(f).get("architectures") or []
-    if architectures and "Mask2FormerForUniversalSegmentation" not in architectures:
-        raise ValueError(f"{source}: expected Mask2FormerForUniversalSegmentation weights, got {architectures}")
-    return config, read_state_dict(folder), folder
+def check_finite(tensors: Mapping[str, np.ndarray], source: str, shown: int = 20) -> None:
+    """Raises ValueError naming every tensor (by its key in `source`) that holds NaN or infinity: such
+    weights load without complaint and then predict nonsense (every pixel of class 0)."""
+    bad = []
+    for key, array in tensors.items():
+        array = np.asarray(array)
+        if array.dtype.kind in "biu" or array.size == 0:
+            continue
+        finite = np.isfinite(array)
+        if not finite.all():
+            nan = int(np.isnan(array).sum())
+            bad.append(f"{key}: {nan} NaN, {array.size - int(finite.sum()) - nan} inf of {array.size} values")
+    if bad:
+        lines = [f"{source}: {len(bad)} tensors hold non-finite values (NaN or inf):"]
+        lines.extend(f"  {line}" for line in bad[:shown])
+        if len(bad) > shown:
+            lines.append(f"  ... and {len(bad) - shown} more")
+        raise ValueError("\n".join(lines))
+
+
+def load_hf_checkpoint(folder: str) -> tuple[Mask2FormerConfig, dict[str, np.ndarray]]:
+    """(config, hub-named state dict) of a `save_pretrained` folder, checked: readable, all weights finite."""
+    config = read_config(folder)
+    state = read_state_dict(folder)
+    check_finite(state, folder)
+    return config, state

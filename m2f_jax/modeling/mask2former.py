@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import jax.numpy as jnp
 from flax import nnx, struct
@@ -86,10 +87,30 @@ class Mask2FormerForUniversalSegmentation(nnx.Module):
     >>> out = model(pixel_values)  # pixel_values (B, H, W, 3) float32, normalised
     """
 
+    # Where `from_pretrained` found the model (the hub id or path as given), as HF records it; None for a
+    # model built from a config. A plain str: static in NNX's graph, so jit and split/merge carry it.
+    name_or_path: str | None = None
+
     def __init__(self, config: Mask2FormerConfig, *, rngs: nnx.Rngs):
         self.config = config
         self.model = Mask2FormerModel(config, rngs=rngs)
         self.class_predictor = nnx.Linear(config.hidden_dim, config.num_labels + 1, rngs=rngs)
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str | os.PathLike, revision: str | None = None, seed: int = 0
+    ) -> Mask2FormerForUniversalSegmentation:
+        """HF's spelling of `m2f_jax.from_pretrained`: a converted folder, a raw HF folder, or a hub id."""
+        from m2f_jax.weights import from_pretrained  # lazily: weights imports this module
+
+        return from_pretrained(name_or_path, revision=revision, seed=seed)
+
+    def save_pretrained(self, folder: str | os.PathLike, *, overwrite: bool = False) -> None:
+        """Writes config.json + flax_model.safetensors (what `from_pretrained` reads), atomically; an
+        existing non-empty folder is replaced, whole, only with `overwrite=True`."""
+        from m2f_jax.weights import save_model
+
+        save_model(self, folder, overwrite=overwrite)
 
     def __call__(
         self,

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from m2f_jax import hub
 from m2f_jax.processing import image_io, postprocess
 from m2f_jax.processing.targets import instance_to_targets, pad_targets_batch, semantic_to_targets
 
@@ -342,13 +343,20 @@ class ImageProcessor:
         return cls(**kwargs)
 
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike) -> ImageProcessor:
-        """From a folder holding HF's `preprocessor_config.json` (or the path of that file)."""
-        path = os.path.join(folder, CONFIG_NAME) if os.path.isdir(folder) else os.fspath(folder)
+    def from_pretrained(cls, name_or_path: str | os.PathLike, revision: str | None = None) -> ImageProcessor:
+        """From HF's `preprocessor_config.json`: the file's path, a folder holding it, or a hub id (as the
+        model's `from_pretrained` resolves them; cached hub files load offline)."""
+        path = os.fspath(name_or_path)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"no {CONFIG_NAME} at {os.fspath(folder)!r}")
-        with open(path) as f:
-            return cls.from_dict(json.load(f))
+            found = hub.find_file(name_or_path, CONFIG_NAME, revision)
+            if found is None:
+                raise FileNotFoundError(f"no {CONFIG_NAME} in {path}")
+            path = found
+        data = hub.read_json(path)
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError, KeyError) as e:
+            raise ValueError(f"{path}: {e}") from e
 
     def to_dict(self) -> dict[str, Any]:
         """HF's preprocessor config dict (JSON-serialisable), readable by transformers and `from_dict`."""
