@@ -49,6 +49,23 @@ def _segments(result) -> tuple[np.ndarray, list[tuple[int, int, float | None]]]:
     return segmentation, [(label, label, None) for label in labels]
 
 
+_TINT_ROWS = 256
+
+
+def _segment_index(segmentation: np.ndarray, segment_ids: list[int]) -> np.ndarray:
+    """Per pixel, the position of its segment id in `segment_ids`, or -1 for ids not listed."""
+    if not segment_ids:
+        return np.full(segmentation.shape, -1, np.int64)
+    ids = np.asarray(segment_ids, np.int64)
+    if ids.min() >= 0 and ids.max() < 2**20:  # the usual small ids: a lookup table, one gather
+        table = np.full(int(ids.max()) + 2, -1, np.int32)
+        table[ids[::-1]] = np.arange(len(ids) - 1, -1, -1)  # the first listed wins a repeated id
+        return table[np.clip(segmentation, -1, len(table) - 2)]
+    order = np.argsort(ids, kind="stable")
+    position = np.minimum(np.searchsorted(ids[order], segmentation), len(ids) - 1)
+    return np.where(ids[order][position] == segmentation, order[position], -1)
+
+
 def overlay(
     image,
     result: Any,
@@ -69,17 +86,22 @@ def overlay(
     # A semantic map colours by class; panoptic and instance results give each segment its own.
     by_class = all(score is None for _, _, score in infos)
     colours = palette(max([label for _, label, _ in infos] + [0]) + 1) if by_class else palette(len(infos))
-    tinted = rgb.astype(np.float32)
+    colours = np.array([colours[label] if by_class else colours[i] for i, (_, label, _) in enumerate(infos)], np.uint8)
+    index = _segment_index(segmentation, [segment_id for segment_id, _, _ in infos])
+    picture = np.array(rgb)
+    # Tinted in bands of rows: one pass over the image, bounded memory for 20-megapixel photos.
+    for r0 in range(0, rgb.shape[0], _TINT_ROWS):
+        rows = slice(r0, r0 + _TINT_ROWS)
+        hit = index[rows] >= 0
+        blended = (1 - alpha) * rgb[rows].astype(np.float32) + alpha * colours[np.maximum(index[rows], 0)]
+        picture[rows] = np.where(hit[..., None], blended.astype(np.uint8), rgb[rows])
+    present = np.bincount(index[index >= 0], minlength=len(infos)) > 0
     entries = []
-    for index, (segment_id, label, score) in enumerate(infos):
-        colour = colours[label] if by_class else colours[index]
-        where = segmentation == segment_id
-        if not where.any():
-            continue
-        tinted[where] = (1 - alpha) * tinted[where] + alpha * colour
-        name = (id2label or {}).get(label, str(label))
-        entries.append((colour, name if score is None else f"{name} {score:.2f}"))
-    picture = Image.fromarray(tinted.astype(np.uint8))
+    for i, (_, label, score) in enumerate(infos):
+        if present[i]:
+            name = (id2label or {}).get(label, str(label))
+            entries.append((colours[i], name if score is None else f"{name} {score:.2f}"))
+    picture = Image.fromarray(picture)
     if not legend or not entries:
         return picture
     return _with_legend(picture, entries)

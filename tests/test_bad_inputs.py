@@ -179,7 +179,7 @@ def corpus(tmp_path_factory):
 
 def run_predict(converted, source, out, *extra):
     return predict.main(
-        ["--model", converted, "--task", "semantic", "--input", str(source), "--output", str(out), "--batch-size", "3"]
+        ["--model", converted, "--task", "semantic", "--input", str(source), "--output", str(out), "--batch-size", "16"]
         + list(extra)
     )
 
@@ -271,17 +271,60 @@ def test_a_failed_write_leaves_no_partial_file(converted, tmp_path, capsys, monk
 
     def save_until_full(self, fp, *args, **kwargs):
         calls.append(fp)
-        if len(calls) == 4:  # b's overlay: write a few bytes, then fail as a full disk does
+        if len(calls) == 4:  # b's id map: write a few bytes, then fail as a full disk does
             with open(fp, "wb") as f:
                 f.write(b"\x89PNG partial")
             raise OSError(28, "No space left on device")
         return real_save(self, fp, *args, **kwargs)
 
     monkeypatch.setattr(Image.Image, "save", save_until_full)
-    assert run_predict(converted, folder, out, "--batch-size", "1") == 1
+    assert run_predict(converted, folder, out, "--batch-size", "2") == 1
     err = capsys.readouterr().err
     assert "segmented 1 of 3 images" in err and "No space left on device" in err and "--skip-existing" in err
-    assert sorted(os.listdir(out)) == ["a" + suffix for suffix in predict.RESULT_SUFFIXES]
+    assert sorted(os.listdir(out)) == sorted(["a" + suffix for suffix in predict.RESULT_SUFFIXES] + ["b_overlay.png"])
     monkeypatch.setattr(Image.Image, "save", real_save)
     assert run_predict(converted, folder, out, "--skip-existing") == 0
     assert len(os.listdir(out)) == 9
+
+
+# ----------------------------------------------------------------------------------------------------
+# 15: a notebook cell written for HF transformers runs with only its import changed
+
+HF_CELL = """
+{import_line}
+import torch
+from PIL import Image
+
+processor = Mask2FormerImageProcessor.from_pretrained(checkpoint)
+model = Mask2FormerForUniversalSegmentation.from_pretrained(checkpoint)
+inputs = processor(images=image, return_tensors="pt")
+with torch.no_grad():
+    outputs = model(**inputs)
+class_queries_logits = outputs.class_queries_logits
+masks_queries_logits = outputs["masks_queries_logits"]
+semantic = processor.post_process_semantic_segmentation(outputs, target_sizes=[image.size[::-1]])[0]
+panoptic = processor.post_process_panoptic_segmentation(outputs, target_sizes=[image.size[::-1]], threshold=0.0)[0]
+"""
+
+
+def test_a_transformers_notebook_cell_runs_with_only_the_import_changed(tmp_path):
+    pytest.importorskip("torch")
+    from helpers import save_random_hf_model, tiny_config
+
+    save_random_hf_model(tiny_config(window_size=7), tmp_path, seed=5)
+    m2f_jax.ImageProcessor(size={"shortest_edge": 64, "longest_edge": 96}).save_pretrained(tmp_path)
+    image = Image.fromarray(np.random.RandomState(6).randint(0, 256, (50, 70, 3), np.uint8))
+    results = {}
+    for name, import_line in (
+        ("hf", "from transformers import Mask2FormerForUniversalSegmentation, Mask2FormerImageProcessor"),
+        ("ours", "from m2f_jax import Mask2FormerForUniversalSegmentation, Mask2FormerImageProcessor"),
+    ):
+        scope = {"checkpoint": str(tmp_path), "image": image}
+        exec(HF_CELL.format(import_line=import_line), scope)
+        results[name] = scope
+    hf, ours = results["hf"], results["ours"]
+    np.testing.assert_allclose(ours["class_queries_logits"], hf["class_queries_logits"].numpy(), atol=1e-4)
+    np.testing.assert_allclose(ours["masks_queries_logits"], hf["masks_queries_logits"].numpy(), atol=1e-4)
+    assert ours["semantic"].shape == (50, 70)
+    assert (ours["semantic"] == hf["semantic"].numpy()).mean() > 0.999  # near-ties may differ
+    assert ours["panoptic"]["segmentation"].shape == (50, 70) and ours["panoptic"]["segments_info"]

@@ -17,7 +17,6 @@ from PIL import Image
 import m2f_jax
 from m2f_jax.apps import predict
 
-
 GOOD = {"street.png": (70, 90), "room.jpg": (64, 48), "gray.png": (50, 100)}
 _forward = jax.jit(lambda m, x, pm: m(x, pixel_mask=pm))
 

@@ -10,7 +10,8 @@ For every readable image NAME.EXT it writes, under --output:
                           instances are the post-processing's ids + 1, as those count from 0)
   NAME.json               the segments: id, label_id, label, score, area in pixels
 Inputs that share a NAME (photo.jpg, photo.png) keep their extension in it (photo.jpg_overlay.png).
-Existing results are not overwritten unless --overwrite is given (--skip-existing resumes a run);
+Existing results are not overwritten unless --overwrite is given (--skip-existing keeps complete
+results and redoes the rest, which resumes an interrupted run);
 each file is written whole or not at all. A folder of results given as --input again is not
 segmented again. Images that cannot be read or segmented are reported and skipped; a summary ends
 the run (exit status 1 if any were skipped, 2 if the run could not start).
@@ -27,6 +28,7 @@ from collections.abc import Callable
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 RESULT_SUFFIXES = ("_overlay.png", "_segmentation.png", ".json")
+_MARK_KEY, _MARK_VALUE = "Software", "m2f-predict"
 
 
 class StartError(Exception):
@@ -38,19 +40,17 @@ class StartError(Exception):
 
 
 def is_own_output(path: str) -> bool:
-    """True for NAME_overlay.png / NAME_segmentation.png written by this tool (its NAME.json beside it
-    says so), so that an output folder given as input is not segmented again."""
-    name = os.path.basename(path)
-    for suffix in RESULT_SUFFIXES[:2]:
-        if name.endswith(suffix):
-            record = os.path.join(os.path.dirname(path), name[: -len(suffix)] + ".json")
-            try:
-                with open(record) as f:
-                    data = json.load(f)
-            except (OSError, ValueError):
-                return False
-            return isinstance(data, dict) and {"task", "segments"} <= data.keys()
-    return False
+    """True for the PNGs this tool writes (marked in a PNG text chunk), so that an output folder given
+    as input is not segmented again, even after an interrupted run."""
+    if not os.path.basename(path).endswith(RESULT_SUFFIXES[:2]):
+        return False
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:  # reads the header chunks only
+            return getattr(image, "text", {}).get(_MARK_KEY) == _MARK_VALUE
+    except (OSError, ValueError, SyntaxError):
+        return False
 
 
 def list_inputs(path: str) -> list[str]:
@@ -113,7 +113,7 @@ def plan_outputs(paths: list[str], folder: str, overwrite: bool, skip_existing: 
         present = [f for f in files if os.path.exists(f)]
         if skip_existing and len(present) == len(files):
             continue
-        if present and not overwrite:
+        if present and not (overwrite or skip_existing):  # --skip-existing redoes incomplete results
             existing.extend(present)
         todo[path] = name
     if existing:
@@ -177,22 +177,24 @@ def result_record(result, task: str, id2label: dict[int, str]):
 
 def write_outputs(image, result, task: str, id2label: dict[int, str], source: str, name: str, folder: str) -> None:
     import numpy as np
-    from PIL import Image
+    from PIL import Image, PngImagePlugin
 
     from m2f_jax.visualize import overlay
 
     raw, segments = result_record(result, task, id2label)
+    mark = PngImagePlugin.PngInfo()
+    mark.add_text(_MARK_KEY, _MARK_VALUE)
     picture = overlay(image, result, id2label)
-    write_atomically(os.path.join(folder, f"{name}_overlay.png"), lambda p: picture.save(p, format="PNG"))
+    write_atomically(os.path.join(folder, f"{name}_overlay.png"), lambda p: picture.save(p, "PNG", pnginfo=mark))
     ids = Image.fromarray(raw.astype(np.uint16))
-    write_atomically(os.path.join(folder, f"{name}_segmentation.png"), lambda p: ids.save(p, format="PNG"))
+    write_atomically(os.path.join(folder, f"{name}_segmentation.png"), lambda p: ids.save(p, "PNG", pnginfo=mark))
     record = {"image": os.path.basename(source), "task": task, "size": list(raw.shape), "segments": segments}
 
     def dump(path: str) -> None:
         with open(path, "w") as f:
             json.dump(record, f, indent=1)
 
-    # The JSON last: its presence marks the image's results as complete (see is_own_output).
+    # The JSON last: its presence marks the image's results as complete (--skip-existing).
     write_atomically(os.path.join(folder, f"{name}.json"), dump)
 
 
@@ -212,7 +214,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threshold", type=float, default=None, help="score threshold in [0, 1] (panoptic/instance)")
     existing = parser.add_mutually_exclusive_group()
     existing.add_argument("--overwrite", action="store_true", help="replace results already in --output")
-    existing.add_argument("--skip-existing", action="store_true", help="keep complete results, segment the rest")
+    existing.add_argument(
+        "--skip-existing", action="store_true", help="keep complete results, segment the rest (resumes a run)"
+    )
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -243,7 +247,8 @@ def segment_each(model, batch, task: str, processor, kwargs) -> list[tuple[str, 
     from m2f_jax.inference import segment_batch
 
     try:
-        results = segment_batch(model, [image for _, image in batch], task, processor, **kwargs)
+        images = [image for _, image in batch]  # (H, W, 3) as image_io reads them
+        results = segment_batch(model, images, task, processor, "channels_last", **kwargs)
         return [(p, image, r) for (p, image), r in zip(batch, results, strict=True)]
     except ValueError as error:
         if len(batch) == 1:
@@ -262,14 +267,13 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     import m2f_jax
-    from m2f_jax.processing.preprocess import ImageProcessor
+    from m2f_jax.inference import default_processor
 
     try:
         model = m2f_jax.from_pretrained(args.model)
-    except (FileNotFoundError, ValueError) as e:
+        processor = default_processor(model)
+    except (OSError, ValueError) as e:
         raise StartError(f"--model {args.model}: {e}") from e
-    has_config = os.path.isfile(os.path.join(args.model, "preprocessor_config.json"))
-    processor = ImageProcessor.from_pretrained(args.model) if has_config else ImageProcessor()
     kwargs = {} if args.threshold is None or args.task == "semantic" else {"threshold": args.threshold}
 
     failed: list[str] = []

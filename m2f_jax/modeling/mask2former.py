@@ -38,7 +38,9 @@ class Mask2FormerOutput:
     # HF's ModelOutput is also read as a mapping of its non-None fields: outputs["class_queries_logits"].
     def __getitem__(self, key: str):
         if not isinstance(key, str):
-            raise TypeError(f"Mask2FormerOutput is indexed by field name, e.g. outputs['class_queries_logits']; got {key!r}")
+            raise TypeError(
+                f"Mask2FormerOutput is indexed by field name, e.g. outputs['class_queries_logits']; got {key!r}"
+            )
         if key not in self.keys():
             raise KeyError(f"{key!r} is not among this output's fields {self.keys()}")
         return getattr(self, key)
@@ -66,6 +68,11 @@ def _check_processor_outputs(extra: dict) -> None:
     unknown = sorted(k for k in extra if k not in _PROCESSOR_METADATA)
     if unknown:
         raise TypeError(f"unexpected keyword arguments {unknown}")
+
+
+def _from_torch(x):
+    """torch tensors (from `processor(..., return_tensors="pt")`) as numpy arrays; anything else as is."""
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else x
 
 
 class PixelLevelModule(nnx.Module):
@@ -131,6 +138,7 @@ class Mask2FormerForUniversalSegmentation(nnx.Module):
         The processor's other outputs (`image_sizes`, `original_sizes`) are accepted and not needed, so
         `model(**processor(images))` works as with HF."""
         _check_processor_outputs(processor_outputs)
+        pixel_values, pixel_mask = _from_torch(pixel_values), _from_torch(pixel_mask)
         self._check_inputs(pixel_values, pixel_mask)
         b, height, width, _ = pixel_values.shape
         sizes = image_sizes(pixel_mask, b, height, width)

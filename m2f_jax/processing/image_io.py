@@ -24,17 +24,18 @@ WIDE_MODES = ("I", "F", "I;16", "I;16B", "I;16L", "I;16N")  # more than 8 bits p
 _READ_ERRORS = (OSError, UnidentifiedImageError, Image.DecompressionBombError, SyntaxError, ValueError)
 
 
-def open_image(path: str | os.PathLike, where: str = "image") -> Image.Image:
+def open_image(path: str | os.PathLike, where: str | None = None) -> Image.Image:
     """Reads an image file fully (corrupt and truncated files fail here, not later). A missing file
-    raises FileNotFoundError, an unreadable one ValueError naming it."""
+    raises FileNotFoundError, an unreadable one ValueError naming it (after `where`, when given)."""
+    prefix = f"{where}: " if where else ""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{where}: no such file {os.fspath(path)!r}")
+        raise FileNotFoundError(f"{prefix}no such file {os.fspath(path)!r}")
     try:
         with Image.open(path) as image:
             image.load()
             return image
     except _READ_ERRORS as e:
-        raise ValueError(f"{where}: cannot read {os.fspath(path)!r} as an image ({e})") from e
+        raise ValueError(f"{prefix}cannot read {os.fspath(path)!r} as an image ({e})") from e
 
 
 def pil_to_rgb(image: Image.Image, where: str = "image") -> np.ndarray:
@@ -56,5 +57,5 @@ def read_image(path: str | os.PathLike, where: str | None = None) -> np.ndarray:
     """An image file -> (H, W, 3) uint8 RGB (see the module docstring); errors name the file (after
     `where`, e.g. "image 3", when given)."""
     name = os.fspath(path)
-    image = open_image(path, where or "image")
+    image = open_image(path, where)
     return pil_to_rgb(image, name if where is None else f"{where} ({name!r})")

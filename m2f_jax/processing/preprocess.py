@@ -48,7 +48,7 @@ BILINEAR = 2  # PIL.Image.Resampling.BILINEAR, HF's `resample` value; the only o
 CONFIG_NAME = "preprocessor_config.json"
 
 _CHANNEL_COUNTS = (1, 3, 4)
-_TENSOR_TYPES = (None, "np", "jax")
+_TENSOR_TYPES = (None, "np", "jax", "pt")
 _SIZE_KEYS = ({"shortest_edge", "longest_edge"}, {"height", "width"}, {"max_height", "max_width"})
 
 
@@ -447,14 +447,11 @@ class ImageProcessor:
         of (N_i,) int64 (see `targets`). With max_instances, the targets come in fixed shapes instead:
         mask_labels (B, M, H, W) bool, class_labels (B, M) int32 (-1 in empty slots), mask_valid (B, M) bool.
         input_data_format: "channels_first" or "channels_last" for 3-D arrays, instead of inferring it.
-        return_tensors: None or "np" (numpy arrays), or "jax" (jax arrays); as HF's argument, so that
-        `processor(images=..., return_tensors="np")` works.
+        return_tensors: None or "np" (numpy arrays), "jax" (jax arrays) or "pt" (torch tensors, still NHWC),
+        as HF's argument, so that a notebook's `model(**processor(images=..., return_tensors="pt"))` runs.
         """
         if return_tensors not in _TENSOR_TYPES:
-            raise ValueError(
-                f"return_tensors must be one of {_TENSOR_TYPES} (m2f_jax works on numpy and jax arrays), "
-                f"got {return_tensors!r}"
-            )
+            raise ValueError(f"return_tensors must be one of {_TENSOR_TYPES}, got {return_tensors!r}")
         if input_data_format not in (None, "channels_first", "channels_last"):
             raise ValueError(
                 f"input_data_format must be 'channels_first' or 'channels_last', got {input_data_format!r}"
@@ -542,12 +539,19 @@ class ImageProcessor:
 
 
 def _as_tensors(outputs: dict[str, Any], return_tensors: str | None) -> dict[str, Any]:
-    """numpy arrays as they are, or as jax arrays for "jax" (lists of per-image targets stay lists)."""
-    if return_tensors != "jax":
+    """numpy arrays as they are, or jax arrays ("jax") or torch tensors ("pt"); lists of per-image
+    targets stay lists."""
+    if return_tensors in (None, "np"):
         return outputs
-    import jax.numpy as jnp
+    if return_tensors == "jax":
+        import jax.numpy as jnp
 
-    return {k: [jnp.asarray(v) for v in x] if isinstance(x, list) else jnp.asarray(x) for k, x in outputs.items()}
+        convert = jnp.asarray
+    else:
+        import torch
+
+        convert = torch.from_numpy
+    return {k: [convert(v) for v in x] if isinstance(x, list) else convert(x) for k, x in outputs.items()}
 
 
 def _size_with_aspect_ratio(height: int, width: int, shortest: int, longest: int) -> tuple[int, int]:
