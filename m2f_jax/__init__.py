@@ -5,9 +5,9 @@ from m2f_jax.config import Mask2FormerConfig, SwinConfig, preset, preset_names
 from m2f_jax.inference import segment
 from m2f_jax.modeling import Mask2FormerForUniversalSegmentation, Mask2FormerOutput
 from m2f_jax.processing.preprocess import ImageProcessor
+from m2f_jax.weights import convert_hf, from_pretrained, save_model
 
 Mask2FormerImageProcessor = ImageProcessor  # HF's name, so a transformers notebook needs only its import changed
-from m2f_jax.weights import convert_hf, from_pretrained, save_model
 
 __all__ = [
     "ImageProcessor",
