@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 
-import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -18,7 +17,7 @@ import m2f_jax
 from m2f_jax.apps import predict
 
 GOOD = {"street.png": (70, 90), "room.jpg": (64, 48), "gray.png": (50, 100)}
-_forward = jax.jit(lambda m, x, pm: m(x, pixel_mask=pm))
+_forward = m2f_jax.inference._forward  # the jitted forward segment() uses: one compilation per shape
 
 
 @pytest.fixture(scope="module")
