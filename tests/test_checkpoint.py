@@ -13,24 +13,25 @@ import pytest
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
-# Saves step 1 and waits; starts saving step 2 (64 MiB) and kills itself with SIGKILL as soon as
-# orbax's temporary folder for step 2 exists, i.e. while the save is in flight.
+# Saves step 1 and waits; starts saving step 2 (16 MiB) and kills itself with SIGKILL as soon as
+# orbax's temporary folder for step 2 holds files, i.e. while the save is in flight.
 KILLED_WHILE_SAVING = """
 import os, signal, sys, time
 import jax.numpy as jnp
 from m2f_jax.training.checkpoint import Checkpoints
 
 checkpoints = Checkpoints(sys.argv[1], keep=2)
-checkpoints.save(1, {"w": jnp.full((16 << 20,), 1.0)}, {"step": 1})
+checkpoints.save(1, {"w": jnp.full((4 << 20,), 1.0)}, {"step": 1})
 checkpoints.wait()
-checkpoints.save(2, {"w": jnp.full((16 << 20,), 2.0)}, {"step": 2})
+checkpoints.save(2, {"w": jnp.full((4 << 20,), 2.0)}, {"step": 2})
 deadline = time.time() + 60
 while time.time() < deadline:
     names = os.listdir(checkpoints.directory)
     if "2" in names:
         sys.exit(3)  # committed before the kill: the save was not caught in flight
-    if any(n.startswith("2.") for n in names):
-        os.kill(os.getpid(), signal.SIGKILL)
+    for name in (n for n in names if n.startswith("2.")):  # step 2's files being written
+        if any(files for _, _, files in os.walk(os.path.join(checkpoints.directory, name))):
+            os.kill(os.getpid(), signal.SIGKILL)
     time.sleep(0.0005)
 sys.exit(4)
 """
@@ -52,7 +53,7 @@ def test_kill_during_an_asynchronous_save(tmp_path):
 
     checkpoints = Checkpoints(workdir, create=False)  # a reader (eval.py) sees step 1 only
     assert checkpoints.all_steps() == [1] and checkpoints.latest_step() == 1
-    state, data = checkpoints.restore({"w": jnp.zeros((16 << 20,))})
+    state, data = checkpoints.restore({"w": jnp.zeros((4 << 20,))})
     assert data == {"step": 1} and np.all(np.asarray(state["w"]) == 1.0)
     checkpoints.close()
 
