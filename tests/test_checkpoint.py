@@ -57,10 +57,15 @@ def test_kill_during_an_asynchronous_save(tmp_path):
     assert data == {"step": 1} and np.all(np.asarray(state["w"]) == 1.0)
     checkpoints.close()
 
-    checkpoints = Checkpoints(workdir, keep=2)  # the resumed run: saves on, the leftover is removed
-    checkpoints.save(3, {"w": jnp.full((4,), 3.0)}, {"step": 3})
+    # The resumed run saves step 2 again, into the same temporary name (orbax removes the leftover).
+    checkpoints = Checkpoints(workdir, keep=2)
+    checkpoints.save(2, {"w": jnp.full((4,), 3.0)}, {"step": 2})
     checkpoints.close()
-    assert sorted(os.listdir(folder)) == ["1", "3"]
+    assert sorted(os.listdir(folder)) == ["1", "2"]
+    checkpoints = Checkpoints(workdir, create=False)
+    state, data = checkpoints.restore({"w": jnp.zeros((4,))})
+    assert data == {"step": 2} and np.all(np.asarray(state["w"]) == 3.0)
+    checkpoints.close()
 
 
 def test_keep_must_be_positive(tmp_path):

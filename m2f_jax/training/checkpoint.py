@@ -6,10 +6,10 @@ so a resumed run sees the same batches and the same randomness as an uninterrupt
 
 Saves are asynchronous: `save` returns once the arrays are copied to host memory, and orbax writes
 them in a background thread while training goes on (the next save, `wait` and `close` wait for
-it). Orbax writes a step into `N.orbax-checkpoint-tmp-*` and renames it to `N` only after every
+it). Orbax writes a step into `N.orbax-checkpoint-tmp` and renames it to `N` only after every
 file, and a commit_success.txt marker, are written; a folder with the temporary suffix is never
-listed as a step, so a run killed while saving restores its previous checkpoint. Such leftovers
-are removed when the next run opens the checkpoints.
+listed as a step, so a run killed while saving restores its previous checkpoint. A leftover is
+removed before the next save (orbax's cleanup_tmp_directories; saving that step again replaces it).
 """
 
 from __future__ import annotations
