@@ -163,10 +163,20 @@ def test_eval_writes_metrics_and_overlays(straight, env):
 
 
 def fails(cmd, env):
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
-    assert result.returncode == 1, (result.stdout + result.stderr)[-4000:]
-    assert "Traceback" not in result.stderr, result.stderr[-4000:]
-    return result.stderr
+    return finished(start(cmd, env), code=1)
+
+
+def start(cmd, env) -> subprocess.Popen:
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finished(process: subprocess.Popen, code: int) -> str:
+    """stderr of a failed run (code 1: a message, no traceback), or stdout of a successful one."""
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == code, (out + err)[-4000:]
+    if code:
+        assert "Traceback" not in err, err[-4000:]
+    return err if code else out
 
 
 def test_bad_config_and_flags_fail_before_any_work(tmp_path, env):
@@ -175,13 +185,14 @@ def test_bad_config_and_flags_fail_before_any_work(tmp_path, env):
     workdir = tmp_path / "never"
     bad = ["--config.checkpoint_every=0", "--config.log_every=0", "--config.optimizer.accumulation_steps=0",
            "--config.steps=-1", "--config.data.image_size=(32,)", "--config.keep_checkpoints=0"]  # fmt: skip
+    evaluating = start(command("eval.py", workdir, "--batch_size", "0", "--overlays=-1", "--step=-2"), env)
     train = fails(command("train.py", workdir, *bad), env)
     for expected in ("train.py: the experiment config has 6 problem(s):", "checkpoint_every must be >= 1, got 0",
                      "log_every must be >= 1, got 0", "optimizer.accumulation_steps must be >= 1, got 0",
                      "steps must be >= 1, got -1", "data.image_size must be 2 integers >= 16, e.g. (32, 32), got (32,)",
                      "keep_checkpoints must be >= 1, got 0"):  # fmt: skip
         assert expected in train, train
-    evaluate = fails(command("eval.py", workdir, "--batch_size", "0", "--overlays=-1", "--step=-2"), env)
+    evaluate = finished(evaluating, code=1)
     for expected in ("--batch_size must be >= 1, got 0", "--overlays must be >= 0, got -1", "--step must be >= 0"):
         assert expected in evaluate, evaluate
     assert not workdir.exists()
@@ -189,16 +200,21 @@ def test_bad_config_and_flags_fail_before_any_work(tmp_path, env):
 
 def test_resume_with_a_changed_config(straight, env):
     """A changed model or batch is refused with the fields' saved and new values before anything is
-    restored (once: pages of orbax errors), and the workdir is left as it was; bookkeeping may change."""
+    restored (once: pages of orbax errors), and the workdir is left as it was; bookkeeping may change;
+    steps below the checkpoint's are refused. The three runs only read the workdir: run together."""
     checkpoints = sorted(os.listdir(os.path.join(straight, "checkpoints")))
     with open(os.path.join(straight, "experiment.json")) as f:
         recorded = f.read()
-    changed = ["--config.model.hidden_dim=32", "--config.batch_size=16"]
-    error = fails(command("train.py", straight, *train_flags(), *changed), env)
+    changed = start(command("train.py", straight, *train_flags(), "--config.model.hidden_dim=32",
+                            "--config.batch_size=16"), env)  # fmt: skip
+    bookkeeping = start(command("train.py", straight, *train_flags(), "--config.log_every=5"), env)
+    shorter = start(command("train.py", straight, *train_flags(steps=N)), env)
+    error = finished(changed, code=1)
     assert f"cannot resume the checkpoint at step {2 * N}" in error and len(error.splitlines()) < 8, error
     assert "  batch_size: 8 -> 16" in error and "  model.hidden_dim: 64 -> 32" in error, error
+    out = finished(bookkeeping, code=0)
+    assert "  log_every: 1 -> 5" in out and f"has already trained {2 * N} steps" in out, out
+    assert f"steps={N} but {straight} holds a checkpoint at step {2 * N}" in finished(shorter, code=1)
     assert sorted(os.listdir(os.path.join(straight, "checkpoints"))) == checkpoints
     with open(os.path.join(straight, "experiment.json")) as f:
         assert f.read() == recorded
-    out = run(command("train.py", straight, *train_flags(), "--config.log_every=5"), env)
-    assert "  log_every: 1 -> 5" in out and f"has already trained {2 * N} steps" in out, out
