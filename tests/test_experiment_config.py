@@ -188,6 +188,7 @@ def calls(monkeypatch):
     for name in list(os.environ):
         if name.startswith(("M2F_", "SLURM_", "OMPI_", "TPU_", "MEGASCALE_", "JAX_COORDINATOR")) or name in (
             "KUBERNETES_SERVICE_HOST",
+            "JOB_COMPLETION_INDEX",
         ):
             monkeypatch.delenv(name)
     recorded = []
@@ -248,3 +249,18 @@ def test_evaluation_does_not_check_the_model_fields():
     c = changed(**{"model.init_from": "/elsewhere", "model.hidden_dim": 48, "data.max_instances": 99})
     assert problems(c, model=False) == []
     assert len(problems(c)) == 1 and "model.init_from" in problems(c)[0]
+
+
+def test_a_kubernetes_pod_outside_an_indexed_job_trains_alone(calls, monkeypatch):
+    """JAX's Kubernetes detector fails outside an indexed Job; a plain pod must not try it."""
+    from jax._src.clusters import K8sCluster
+
+    def not_a_job():
+        raise RuntimeError("pod has no job-name label")
+
+    monkeypatch.setattr(K8sCluster, "is_env_present", classmethod(lambda cls: True))
+    monkeypatch.setattr(K8sCluster, "get_process_count", classmethod(lambda cls: not_a_job()))
+    assert mesh.initialize_distributed() is None and calls == []
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "0")
+    monkeypatch.setattr(K8sCluster, "get_process_count", classmethod(lambda cls: 2))
+    assert mesh.initialize_distributed() == "K8sCluster cluster environment (2 processes)"

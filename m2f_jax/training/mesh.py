@@ -25,7 +25,8 @@ ENV_VARS = ("M2F_COORDINATOR", "M2F_NUM_PROCESSES", "M2F_PROCESS_ID")
 def cluster_environment() -> tuple[str, int] | None:
     """(name, process count) of the cluster environment that `jax.distributed.initialize()` would
     take its settings from here (SLURM, Open MPI, Cloud TPU, Kubernetes: JAX's own detection, in
-    JAX's order), or None outside any."""
+    JAX's order), or None outside any. Kubernetes counts only in an indexed Job (JOB_COMPLETION_INDEX
+    set, as JAX requires), so that any other pod with the kubernetes package trains alone."""
     import warnings
 
     from jax._src import clusters  # JAX's detectors; no public API lists them
@@ -33,7 +34,9 @@ def cluster_environment() -> tuple[str, int] | None:
     with warnings.catch_warnings():  # "Kubernetes detected, but the kubernetes package is not installed"
         warnings.simplefilter("ignore")
         for env in clusters.ClusterEnv._cluster_types:
-            if not env.opt_in_only_method and env.is_env_present():
+            if env.opt_in_only_method or (env.__name__ == "K8sCluster" and "JOB_COMPLETION_INDEX" not in os.environ):
+                continue
+            if env.is_env_present():
                 return env.name or env.__name__, env.get_process_count()
     return None
 
