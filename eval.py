@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -24,9 +25,32 @@ _BATCH = flags.DEFINE_integer("batch_size", 16, "images per jitted forward")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def flag_problems(batch_size: int, overlays: int, step: int | None) -> list[str]:
+    """eval.py's own flags, checked before any work."""
+    found = []
+    if batch_size < 1:
+        found.append(f"--batch_size must be >= 1, got {batch_size}")
+    if overlays < 0:
+        found.append(f"--overlays must be >= 0, got {overlays}")
+    if step is not None and step < 0:
+        found.append(f"--step must be >= 0 (a checkpoint's step), got {step}")
+    return found
+
+
 def main(argv) -> int:
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every save and restore step at INFO
+    from m2f_jax.training import experiment
+
+    c, workdir = _CONFIG.value, _WORKDIR.value
+    found = flag_problems(_BATCH.value, _OVERLAYS.value, _STEP.value)
+    try:
+        experiment.validate(c, model=False)  # the model is the run's config.json
+    except ValueError as error:
+        found.append(str(error))
+    if found:
+        sys.exit("eval.py: " + "\n".join(found))
+
     import jax
     import numpy as np
     from flax import nnx
@@ -34,18 +58,27 @@ def main(argv) -> int:
 
     from m2f_jax.config import Mask2FormerConfig
     from m2f_jax.evaluation.evaluate import evaluate
-    from m2f_jax.training import experiment
+    from m2f_jax.training import workdir as run_record
     from m2f_jax.training.checkpoint import Checkpoints
     from m2f_jax.training.mesh import make_mesh
     from m2f_jax.visualize import overlay
 
-    c, workdir = _CONFIG.value, _WORKDIR.value
-    checkpoints = Checkpoints(workdir, create=False)
+    try:
+        checkpoints = Checkpoints(workdir, create=False)
+    except FileNotFoundError as error:
+        sys.exit(f"eval.py: {error}; train first")
     step = checkpoints.latest_step() if _STEP.value is None else _STEP.value
     if step is None or step not in checkpoints.all_steps():
-        raise SystemExit(f"no checkpoint {'' if step is None else step} in {checkpoints.directory}; train first")
+        sys.exit(
+            f"eval.py: no checkpoint {'' if step is None else step} in {checkpoints.directory} "
+            f"(there are {checkpoints.all_steps() or 'none'}); train first"
+        )
     data = experiment.dataset(c, "eval")
     model_config = Mask2FormerConfig.load(workdir)
+    try:  # a checkpoint restored into another optimizer layout would fail with pages of orbax errors
+        run_record.check_evaluate(workdir, c, step)
+    except ValueError as error:
+        sys.exit(f"eval.py: {error}")
     opt_config, _ = experiment.optimizer_config(c)
     mesh = make_mesh(1, devices=jax.local_devices()[:1])
     graphdef, like = experiment.abstract_state(c, model_config, opt_config, mesh)

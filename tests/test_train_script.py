@@ -1,9 +1,11 @@
 """train.py and eval.py as a user runs them: exact resume after SIGKILL, the loss falling, and the
 evaluation's metrics and overlays (a short version of the README's demo).
 
-Runs A (2N steps straight), B (killed with SIGKILL after its step-N checkpoint) and C (B resumed)
-share one persistent compilation cache, so the step compiles once; A also shows the loss falling
-and is what eval.py evaluates.
+Runs A (2N steps straight), B (killed with SIGKILL after its step-N checkpoint; started once A has
+compiled, so the two overlap) and C (B resumed) share one persistent compilation cache, so the step
+compiles once. A also
+shows the loss falling and is what eval.py evaluates. Bad configs and flags, and resuming with a
+changed config, must fail in seconds, before anything is built.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def train_flags(steps=2 * N):
 def env(tmp_path_factory):
     cache = tmp_path_factory.mktemp("jax_cache")
     return {
-        **{k: v for k, v in os.environ.items() if not k.startswith("M2F_")},
+        **{k: v for k, v in os.environ.items() if not k.startswith(("M2F_", "SLURM_", "OMPI_"))},
         "JAX_COMPILATION_CACHE_DIR": str(cache),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
@@ -60,6 +62,14 @@ def losses(workdir):
     return [by_step[s] for s in sorted(by_step)], sorted(by_step)
 
 
+def logged(workdir) -> int:
+    """The last step in the run's metrics.jsonl (0: none yet; the file is created before compiling)."""
+    try:
+        return max(losses(workdir)[1], default=0)
+    except (FileNotFoundError, ValueError):  # not there yet, or a line half written
+        return 0
+
+
 def final_state(workdir):
     from m2f_jax.config import Mask2FormerConfig
     from m2f_jax.training import experiment
@@ -79,33 +89,43 @@ def final_state(workdir):
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory, env):
-    workdir = tmp_path_factory.mktemp("straight")
-    run(command("train.py", workdir, *train_flags()), env)
-    return workdir
+def runs(tmp_path_factory, env):
+    """A (2N steps straight), and B (killed with SIGKILL once its step-N checkpoint is committed and
+    it has logged a later step) started as soon as A has compiled (A's first step logged), so B loads
+    the compiled step from the cache while A trains. Returns their workdirs once A has finished."""
+    straight, killed, logs = (tmp_path_factory.mktemp(name) for name in ("straight", "killed", "logs"))
+    a_log, b_log = open(logs / "a.log", "w"), open(logs / "b.log", "w")  # noqa: SIM115
+    a = subprocess.Popen(command("train.py", straight, *train_flags()), env=env, stdout=a_log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 900
+    while time.time() < deadline and a.poll() is None and not logged(straight):  # A has compiled: the cache holds it
+        time.sleep(0.05)
+    b = subprocess.Popen(command("train.py", killed, *train_flags()), env=env, stdout=b_log, stderr=subprocess.STDOUT)
+    committed = os.path.join(killed, "checkpoints", str(N))
+    while time.time() < deadline and b.poll() is None:  # saves are asynchronous: wait for the commit
+        if os.path.isdir(committed) and logged(killed) > N:
+            b.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    b.wait(timeout=60)
+    a.wait(timeout=900)
+    a_log.close(), b_log.close()
+    assert a.returncode == 0, (logs / "a.log").read_text()[-4000:]
+    assert b.returncode == -signal.SIGKILL, f"B ended before the kill: {(logs / 'b.log').read_text()[-3000:]}"
+    assert sorted(os.listdir(os.path.join(killed, "checkpoints"))) == [str(N)], "the kill came after step 2N"
+    return straight, killed
 
 
 @pytest.fixture(scope="module")
-def killed_and_resumed(tmp_path_factory, env, straight):
-    """B: killed (SIGKILL) once it has logged a step after its step-N checkpoint; C: resumed."""
-    workdir = tmp_path_factory.mktemp("killed")
-    process = subprocess.Popen(command("train.py", workdir, *train_flags()), env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    metrics = os.path.join(workdir, "metrics.jsonl")
-    deadline = time.time() + 600
-    while time.time() < deadline and process.poll() is None:
-        if os.path.exists(metrics) and max(losses(workdir)[1], default=0) > N:
-            process.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.02)
-    process.wait(timeout=60)
-    assert process.returncode == -signal.SIGKILL, (
-        f"run B ended by itself before the kill: {process.stdout.read()[-3000:]}"
-    )
-    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [str(N)], "the kill came after step 2N"
-    resumed = run(command("train.py", workdir, *train_flags()), env)
+def straight(runs):
+    return runs[0]
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(runs, env):
+    """C: B resumed."""
+    resumed = run(command("train.py", runs[1], *train_flags()), env)
     assert f"resumed from step {N}" in resumed
-    return workdir
+    return runs[1]
 
 
 def test_resume_after_sigkill_is_exact(straight, killed_and_resumed):
@@ -140,3 +160,61 @@ def test_eval_writes_metrics_and_overlays(straight, env):
     assert metrics["step"] == 2 * N and metrics["images"] == 8
     assert 0 <= metrics["semantic"]["mIoU"] <= 100 and 0 <= metrics["panoptic"]["PQ"] <= 100
     assert sorted(os.listdir(os.path.join(straight, "eval"))) == ["metrics.json", "overlay_00.png", "overlay_01.png"]
+
+
+def fails(cmd, env):
+    return finished(start(cmd, env), code=1)
+
+
+def start(cmd, env) -> subprocess.Popen:
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finished(process: subprocess.Popen, code: int) -> str:
+    """stderr of a failed run (code 1: a message, no traceback), or stdout of a successful one."""
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == code, (out + err)[-4000:]
+    if code:
+        assert "Traceback" not in err, err[-4000:]
+    return err if code else out
+
+
+def test_bad_config_and_flags_fail_before_any_work(tmp_path, env):
+    """Every bad field (flag) reported at once, in seconds, and nothing created: these once failed
+    with ZeroDivisionError after compiling, or deleted every checkpoint (keep_checkpoints=0)."""
+    workdir = tmp_path / "never"
+    bad = ["--config.checkpoint_every=0", "--config.log_every=0", "--config.optimizer.accumulation_steps=0",
+           "--config.steps=-1", "--config.data.image_size=(32,)", "--config.keep_checkpoints=0"]  # fmt: skip
+    evaluating = start(command("eval.py", workdir, "--batch_size", "0", "--overlays=-1", "--step=-2"), env)
+    train = fails(command("train.py", workdir, *bad), env)
+    for expected in ("train.py: the experiment config has 6 problem(s):", "checkpoint_every must be >= 1, got 0",
+                     "log_every must be >= 1, got 0", "optimizer.accumulation_steps must be >= 1, got 0",
+                     "steps must be >= 1, got -1", "data.image_size must be 2 integers >= 16, e.g. (32, 32), got (32,)",
+                     "keep_checkpoints must be >= 1, got 0"):  # fmt: skip
+        assert expected in train, train
+    evaluate = finished(evaluating, code=1)
+    for expected in ("--batch_size must be >= 1, got 0", "--overlays must be >= 0, got -1", "--step must be >= 0"):
+        assert expected in evaluate, evaluate
+    assert not workdir.exists()
+
+
+def test_resume_with_a_changed_config(straight, env):
+    """A changed model or batch is refused with the fields' saved and new values before anything is
+    restored (once: pages of orbax errors), and the workdir is left as it was; bookkeeping may change;
+    steps below the checkpoint's are refused. The three runs only read the workdir: run together."""
+    checkpoints = sorted(os.listdir(os.path.join(straight, "checkpoints")))
+    with open(os.path.join(straight, "experiment.json")) as f:
+        recorded = f.read()
+    changed = start(command("train.py", straight, *train_flags(), "--config.model.hidden_dim=32",
+                            "--config.batch_size=16"), env)  # fmt: skip
+    bookkeeping = start(command("train.py", straight, *train_flags(), "--config.log_every=5"), env)
+    shorter = start(command("train.py", straight, *train_flags(steps=N)), env)
+    error = finished(changed, code=1)
+    assert f"cannot resume the checkpoint at step {2 * N}" in error and len(error.splitlines()) < 8, error
+    assert "  batch_size: 8 -> 16" in error and "  model.hidden_dim: 64 -> 32" in error, error
+    out = finished(bookkeeping, code=0)
+    assert "  log_every: 1 -> 5" in out and f"has already trained {2 * N} steps" in out, out
+    assert f"steps={N} but {straight} holds a checkpoint at step {2 * N}" in finished(shorter, code=1)
+    assert sorted(os.listdir(os.path.join(straight, "checkpoints"))) == checkpoints
+    with open(os.path.join(straight, "experiment.json")) as f:
+        assert f.read() == recorded

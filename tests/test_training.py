@@ -1,4 +1,5 @@
-"""Data-parallel and sharded training give the same parameters as one device; so do two processes.
+"""Data-parallel and sharded training give the same parameters as one device; so do two processes;
+two SLURM tasks form one mesh.
 
 Each configuration runs in a subprocess (tests/train_worker.py) with fake CPU devices, three steps
 of a tiny model on the synthetic data with global batch 8.
@@ -15,11 +16,13 @@ import numpy as np
 import pytest
 
 WORKER = os.path.join(os.path.dirname(__file__), "train_worker.py")
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+CLUSTER_VARIABLES = ("M2F_", "SLURM_", "OMPI_")  # the test's own processes only see the ones it sets
 
 
 def start_worker(out, meshes, devices, env_extra=None) -> tuple[subprocess.Popen, str]:
     """The worker in a subprocess, its output in a log file beside `out` (no pipe to fill)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("M2F_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(CLUSTER_VARIABLES)}
     env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **(env_extra or {}))
     command = [sys.executable, WORKER, str(out), "--steps", "3", "--meshes", meshes]
     log = f"{out}.{(env_extra or {}).get('M2F_PROCESS_ID', 0)}.log"
@@ -78,9 +81,43 @@ def test_two_processes_equal_one(runs):
     assert_same_training(by_mesh(runs[0], "1x1"), by_mesh(runs[1], "2x1"))
 
 
+# Each process: initialize_distributed() as train.py calls it, then a sum over the 4-device mesh of
+# rows that each process holds (process 0: 1, 1; process 1: 2, 2).
+SLURM_PROCESS = """
+from m2f_jax.training.mesh import batch_sharding, initialize_distributed, make_mesh, replicated
+how = initialize_distributed()
+import jax, numpy as np
+mesh = make_mesh(1)
+rows = np.full((2,), jax.process_index() + 1.0, np.float32)
+total = jax.jit(lambda x: x.sum(), out_shardings=replicated(mesh))(
+    jax.make_array_from_process_local_data(batch_sharding(mesh), rows))
+print(f"{how}|{jax.process_count()}|{len(jax.devices())}|{mesh.size}|{float(total)}")
+"""
+
+
+def test_slurm_tasks_form_one_mesh(tmp_path):
+    """Two SLURM tasks (as srun starts them) with 2 CPU devices each: one 4-device mesh, through
+    JAX's SLURM detection (JAX_COORDINATOR_PORT instead of the port JAX derives from the job id)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(CLUSTER_VARIABLES)}
+    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
+               JAX_COORDINATOR_PORT=str(free_port()), SLURM_JOB_ID="4242", SLURM_NTASKS="2",
+               SLURM_STEP_NODELIST="127.0.0.1", SLURM_NODELIST="127.0.0.1")  # fmt: skip
+    processes = []
+    for i in range(2):
+        log = tmp_path / f"{i}.log"
+        with open(log, "w") as f:
+            task = {**env, "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)}
+            processes.append((subprocess.Popen([sys.executable, "-c", SLURM_PROCESS], cwd=ROOT, env=task,
+                                               stdout=f, stderr=subprocess.STDOUT), log))  # fmt: skip
+    for process, log in processes:
+        process.wait(timeout=300)
+        output = log.read_text()
+        assert process.returncode == 0, output[-4000:]
+        assert output.strip().splitlines()[-1] == "slurm cluster environment (2 processes)|2|4|4|6.0", output[-2000:]
+
+
 def test_importing_leaves_jax_uninitialised():
     """jax.distributed.initialize must come before any backend use, so importing the package and
     the scripts may not touch the devices."""
     code = "import m2f_jax, train; from jax._src import xla_bridge as xb; assert not xb._backends, 'started'"
-    root = os.path.join(os.path.dirname(__file__), "..")
-    subprocess.run([sys.executable, "-c", code], cwd=root, check=True, timeout=300)
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=300)

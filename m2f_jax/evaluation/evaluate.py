@@ -55,6 +55,10 @@ def evaluate(
     mode on every sample of `dataset` (samples as `SyntheticDataset` gives them, classes as the
     model's labels). Returns ({"semantic": ..., "panoptic": ...}, the first `keep_results`
     samples' {"image", "semantic", "panoptic"} predictions, for overlays)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if isinstance(keep_results, bool) or not isinstance(keep_results, int) or keep_results < 0:
+        raise ValueError(f"keep_results must be an integer >= 0, got {keep_results!r}")
     classes = dataset.classes
     if len(classes) != model.config.num_labels:
         raise ValueError(f"the data set has {len(classes)} classes, the model {model.config.num_labels} labels")

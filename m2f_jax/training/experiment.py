@@ -17,6 +17,7 @@ from m2f_jax.modeling import Mask2FormerForUniversalSegmentation
 from m2f_jax.training.mesh import batch_sharding, replicated, state_sharding
 from m2f_jax.training.optimizer import OptimizerConfig, build_optimizer, learning_rate_schedule
 from m2f_jax.training.step import TrainState, init_state, make_train_step
+from m2f_jax.training.validation import validate as validate  # the whole config, before any work
 
 _MODEL_FIELDS = (
     "num_queries", "hidden_dim", "feature_size", "mask_feature_size", "encoder_feedforward_dim",

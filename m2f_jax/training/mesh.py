@@ -19,21 +19,81 @@ from jax.sharding import PartitionSpec as P
 BATCH_AXES = ("data", "fsdp")
 
 
+ENV_VARS = ("M2F_COORDINATOR", "M2F_NUM_PROCESSES", "M2F_PROCESS_ID")
+
+
+def cluster_environment() -> tuple[str, int] | None:
+    """(name, process count) of the cluster environment that `jax.distributed.initialize()` would
+    take its settings from here (SLURM, Open MPI, Cloud TPU, Kubernetes: JAX's own detection, in
+    JAX's order), or None outside any. Kubernetes counts only in an indexed Job (JOB_COMPLETION_INDEX
+    set, as JAX requires), so that any other pod with the kubernetes package trains alone."""
+    import warnings
+
+    from jax._src import clusters  # JAX's detectors; no public API lists them
+
+    with warnings.catch_warnings():  # "Kubernetes detected, but the kubernetes package is not installed"
+        warnings.simplefilter("ignore")
+        for env in clusters.ClusterEnv._cluster_types:
+            if env.opt_in_only_method or (env.__name__ == "K8sCluster" and "JOB_COMPLETION_INDEX" not in os.environ):
+                continue
+            if env.is_env_present():
+                return env.name or env.__name__, env.get_process_count()
+    return None
+
+
+def _explicit_settings() -> tuple[str | None, int | None, int | None]:
+    """(coordinator, process count, process id) from the M2F_* variables, checked; a count of 1
+    gives (None, 1, 0)."""
+    present = {name: os.environ[name] for name in ENV_VARS if os.environ.get(name)}
+    if not present:
+        return None, None, None
+
+    def integer(name: str) -> int | None:
+        if name not in present:
+            return None
+        try:
+            return int(present[name])
+        except ValueError:
+            raise ValueError(f"{name} must be an integer, got {present[name]!r}") from None
+
+    count, index = integer("M2F_NUM_PROCESSES"), integer("M2F_PROCESS_ID")
+    if count == 1 and index in (None, 0):
+        return None, 1, 0
+    missing = [name for name in ENV_VARS if name not in present]
+    if missing:
+        raise ValueError(f"several processes need all of {', '.join(ENV_VARS)}; got {present}, missing {missing}")
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"need M2F_NUM_PROCESSES >= 1 and 0 <= M2F_PROCESS_ID < M2F_NUM_PROCESSES, got {present}")
+    return present["M2F_COORDINATOR"], count, index
+
+
 def initialize_distributed(
     coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None
-) -> None:
-    """Starts `jax.distributed` when several processes train together (arguments, or the
-    M2F_COORDINATOR / M2F_NUM_PROCESSES / M2F_PROCESS_ID environment variables; on TPU pods and
-    SLURM clusters JAX finds them itself when all three are None). On CPU the collectives use gloo."""
-    coordinator_address = coordinator_address or os.environ.get("M2F_COORDINATOR")
-    if num_processes is None and "M2F_NUM_PROCESSES" in os.environ:
-        num_processes = int(os.environ["M2F_NUM_PROCESSES"])
-    if process_id is None and "M2F_PROCESS_ID" in os.environ:
-        process_id = int(os.environ["M2F_PROCESS_ID"])
-    if num_processes in (None, 1) and coordinator_address is None:
-        return
+) -> str | None:
+    """Starts `jax.distributed` when several processes train together, before any device is used;
+    returns how it found them (None: a single process, jax.distributed left alone).
+
+    In order: the arguments, or the M2F_COORDINATOR / M2F_NUM_PROCESSES / M2F_PROCESS_ID environment
+    variables (any machines); else a cluster environment JAX recognises (SLURM, Open MPI, Cloud TPU
+    pods, Kubernetes), from which `jax.distributed.initialize()` reads its own settings; a cluster
+    job of one process starts nothing. On CPUs the collectives use gloo."""
+    if coordinator_address is None and num_processes is None and process_id is None:
+        coordinator_address, num_processes, process_id = _explicit_settings()
+        how = "M2F_* environment variables"
+    else:
+        how = "arguments"
+    if num_processes == 1:
+        return None
+    if coordinator_address is None and num_processes is None and process_id is None:
+        cluster = cluster_environment()
+        if cluster is None or cluster[1] <= 1:
+            return None
+        how = f"{cluster[0]} cluster environment ({cluster[1]} processes)"
+    if jax.distributed.is_initialized():
+        return how
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    return how
 
 
 def make_mesh(fsdp: int = 1, devices: list | None = None) -> Mesh:

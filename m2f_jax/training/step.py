@@ -66,6 +66,29 @@ def cast_floating(tree: Any, dtype: Any) -> Any:
     return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
+def all_finite(loss: jax.Array, grad_norm: jax.Array, params: Any) -> jax.Array:
+    """Whether the loss, the gradient norm and every updated parameter are finite: a huge learning
+    rate can overflow the weights while the loss and gradient that led there were finite."""
+    weights = [jnp.isfinite(x).all() for x in jax.tree.leaves(params)]
+    return jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.all(jnp.stack(weights))
+
+
+def non_finite_message(step: int, loss: float, grad_norm: float, last_checkpoint: int | None) -> str:
+    """What train.py says when step `step` was not finite: only what is known about the last checkpoint."""
+    head = (
+        f"non-finite loss, gradient or weights at step {step} (loss {loss}, grad norm {grad_norm}): the step was "
+        "not applied and training stopped without saving. "
+    )
+    if last_checkpoint is None:
+        return head + "No checkpoint was saved yet. Lower optimizer.learning_rate or check the data, and start again."
+    return head + (
+        f"The last checkpoint, step {last_checkpoint}, was saved before the first non-finite step; its weights are "
+        "finite but may already have diverged (a learning rate too high grows them without a non-finite loss). "
+        f"Resuming repeats step {step} on the same batch with the same randomness: lower optimizer.learning_rate "
+        "(it may change on resume) or check the data; if it fails again, start a new --workdir."
+    )
+
+
 def make_train_step(
     graphdef: nnx.GraphDef,
     optimizer: optax.GradientTransformation,
@@ -74,8 +97,8 @@ def make_train_step(
     remat: bool = False,
 ) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """The step: forward in training mode, the matched loss on every prediction, gradients, one
-    optimizer update. A non-finite loss or gradient norm leaves the state untouched (and says so
-    in metrics["finite"]), so the caller can stop with the last good state.
+    optimizer update. A non-finite loss, gradient norm or updated parameter leaves the state
+    untouched (and says so in metrics["finite"]), so no state with non-finite weights exists.
 
     compute_dtype: the forward and backward run on a copy of the parameters and the images in this
     dtype (bfloat16 on accelerators); the parameters, gradients and optimizer state stay float32,
@@ -96,7 +119,7 @@ def make_train_step(
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        finite = all_finite(loss, grad_norm, params)
 
         def keep(new, old):
             return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)

@@ -1,0 +1,247 @@
+"""Checks a whole experiment config (configs/*.py) before any work starts, and reports every
+problem at once by its dotted name, e.g. "optimizer.accumulation_steps must be >= 1, got 0".
+
+Each field has a check; fields the schema does not know (a typo in a config file) and missing
+fields are problems too. Settings that span fields (steps and accumulation, target slots and
+queries, the model config itself) are checked once every field is well-formed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+# A check returns None when the value is fine, else what was expected ("must be ...").
+Check = Callable[[Any], "str | None"]
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def integer(low: int) -> Check:
+    def check(v):
+        if not _is_int(v):
+            return f"must be an integer >= {low}, got {v!r}"
+        return None if v >= low else f"must be >= {low}, got {v}"
+
+    return check
+
+
+def number(low: float = -math.inf, high: float = math.inf, low_open: bool = False, high_open: bool = False) -> Check:
+    """A finite int or float in the interval (open or closed at each end)."""
+    left, right = "(" if low_open else "[", ")" if high_open else "]"
+    interval = f"in {left}{low}, {high}{right}" if high < math.inf else f"{'>' if low_open else '>='} {low}"
+
+    def check(v):
+        if not _is_number(v) or not math.isfinite(v):
+            return f"must be a number {interval}, got {v!r}"
+        inside = (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+        return None if inside else f"must be {interval}, got {v}"
+
+    return check
+
+
+def boolean(v: Any) -> str | None:
+    return None if isinstance(v, bool) else f"must be True or False, got {v!r}"
+
+
+def choice(*options: Any) -> Check:
+    def check(v):
+        return None if v in options and isinstance(v, str) else f"must be one of {list(options)}, got {v!r}"
+
+    return check
+
+
+def integers(length: int, low: int) -> Check:
+    def check(v):
+        if not isinstance(v, tuple | list) or len(v) != length or not all(_is_int(x) and x >= low for x in v):
+            return f"must be {length} integers >= {low}, e.g. {tuple([max(low, 1) * 2] * length)}, got {v!r}"
+        return None
+
+    return check
+
+
+def fractions(v: Any) -> str | None:
+    ok = isinstance(v, tuple | list) and all(_is_number(x) and 0 < x < 1 for x in v)
+    return None if ok else f"must be fractions of the run in (0, 1), e.g. (0.889, 0.963), got {v!r}"
+
+
+def optional(check: Check) -> Check:
+    return lambda v: None if v is None else check(v)
+
+
+def folder_or_empty(v: Any) -> str | None:
+    if not isinstance(v, str):
+        return f"must be a folder path or '', got {v!r}"
+    if v and not os.path.isfile(os.path.join(v, "config.json")):
+        return f"must be a folder with config.json (a converted or HF model), got {v!r}"
+    return None
+
+
+def _preset(v: Any) -> str | None:
+    from m2f_jax.config import preset_names
+
+    names = preset_names()
+    if v == "" or v in names:
+        return None
+    close = difflib.get_close_matches(str(v), names, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"must be '' or a name from m2f_jax.preset_names(){hint}, got {v!r}"
+
+
+POSITIVE = integer(1)
+
+# Every field an experiment config has, with its check.
+FIELDS: dict[str, Check] = {
+    "seed": integer(0),
+    "task": choice("panoptic", "instance", "semantic"),
+    "data.source": choice("synthetic"),
+    "data.train_images": POSITIVE,
+    "data.eval_images": POSITIVE,
+    "data.image_size": integers(2, low=16),  # (height, width); the synthetic images need 16 pixels
+    "data.max_instances": POSITIVE,
+    "data.flip": boolean,
+    "model.preset": _preset,
+    "model.init_from": folder_or_empty,
+    "model.embed_dim": POSITIVE,
+    "model.depths": integers(4, low=1),  # Mask2Former reads all four Swin stages
+    "model.num_heads": integers(4, low=1),
+    "model.window_size": POSITIVE,
+    "model.num_queries": POSITIVE,
+    "model.hidden_dim": POSITIVE,
+    "model.feature_size": POSITIVE,
+    "model.mask_feature_size": POSITIVE,
+    "model.encoder_feedforward_dim": POSITIVE,
+    "model.dim_feedforward": POSITIVE,
+    "model.encoder_layers": POSITIVE,
+    "model.decoder_layers": POSITIVE,
+    "model.drop_path_rate": number(0, 1, high_open=True),
+    "loss.class_weight": number(0),
+    "loss.mask_weight": number(0),
+    "loss.dice_weight": number(0),
+    "loss.no_object_weight": number(0),
+    "loss.num_points": POSITIVE,
+    "loss.oversample_ratio": number(1),
+    "loss.importance_sample_ratio": number(0, 1),
+    "loss.matcher": choice("hungarian", "scipy"),
+    "loss.auxiliary": boolean,
+    "optimizer.learning_rate": number(0, low_open=True),
+    "optimizer.weight_decay": number(0),
+    "optimizer.backbone_multiplier": number(0),
+    "optimizer.clip_norm": optional(number(0)),  # 0 or None: no clipping
+    "optimizer.schedule": choice("poly", "multistep", "constant"),
+    "optimizer.warmup_steps": integer(0),
+    "optimizer.warmup_factor": number(0, 1),
+    "optimizer.accumulation_steps": POSITIVE,
+    "steps": POSITIVE,
+    "batch_size": POSITIVE,
+    "fsdp": POSITIVE,
+    "remat": boolean,
+    "compute_dtype": choice("float32", "bfloat16"),
+    "log_every": POSITIVE,
+    "checkpoint_every": POSITIVE,
+    "keep_checkpoints": POSITIVE,  # 0 would let orbax delete every checkpoint, the resumed one too
+}
+
+# Fields a config may leave out (m2f_jax.training.optimizer.OptimizerConfig's defaults apply).
+OPTIONAL_FIELDS: dict[str, Check] = {
+    "optimizer.b1": number(0, 1, high_open=True),
+    "optimizer.b2": number(0, 1, high_open=True),
+    "optimizer.eps": number(0, low_open=True),
+    "optimizer.poly_power": number(0, low_open=True),
+    "optimizer.milestones": fractions,
+    "optimizer.gamma": number(0, low_open=True),
+}
+
+
+def as_dict(c: Any) -> dict[str, Any]:
+    """A plain nested dict of a ConfigDict (references resolved), FrozenConfigDict or dict."""
+    if hasattr(c, "copy_and_resolve_references"):
+        c = c.copy_and_resolve_references()
+    if hasattr(c, "as_configdict"):
+        c = c.as_configdict()
+    if hasattr(c, "to_dict"):
+        c = c.to_dict()
+    return {k: as_dict(v) if isinstance(v, Mapping) or hasattr(v, "to_dict") else v for k, v in dict(c).items()}
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"optimizer.learning_rate": 1e-3, ...}: the leaves of a nested dict by dotted name."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def problems(c: Any, model: bool = True) -> list[str]:
+    """Every problem of the experiment config `c`, as sentences naming the field; [] if none.
+    model=False: the model comes from elsewhere (eval.py reads the run's config.json), so model.*
+    and the model config they make are not checked."""
+    flat = flatten(as_dict(c))
+    known = {k: v for k, v in {**FIELDS, **OPTIONAL_FIELDS}.items() if model or not k.startswith("model.")}
+    if not model:
+        flat = {k: v for k, v in flat.items() if not k.startswith("model.")}
+    found = []
+    for name in sorted(set(flat) - set(known)):
+        close = difflib.get_close_matches(name, list(known), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        found.append(f"{name} is not a known field{hint}; the fields are listed in docs/training.md")
+    for name, check in known.items():
+        if name not in flat:
+            if name in FIELDS:
+                # A group written as a leaf shows up here too (e.g. data = 3).
+                found.append(f"{name} is missing")
+            continue
+        message = check(flat[name])
+        if message:
+            found.append(f"{name} {message}")
+    if found:
+        return found
+    # Every field is well-formed: settings that span several fields.
+    accumulate = flat["optimizer.accumulation_steps"]
+    if flat["steps"] % accumulate:
+        found.append(
+            f"steps must be a multiple of optimizer.accumulation_steps={accumulate} (each optimizer update "
+            f"takes {accumulate} steps), got {flat['steps']}"
+        )
+    if model and not (flat["model.preset"] or flat["model.init_from"]):  # else the model fields are not used
+        for i, heads in enumerate(flat["model.num_heads"]):
+            width = flat["model.embed_dim"] * 2**i
+            if width % heads:
+                found.append(f"model.num_heads[{i}]={heads} must divide stage {i + 1}'s width {width}")
+    if model and not found:
+        found.extend(_model_problems(c))
+    return found
+
+
+def _model_problems(c: Any) -> list[str]:
+    """What the model config built from `c` refuses (widths, label counts), and target slots
+    against queries: checked without building the model."""
+    from m2f_jax.training import experiment
+
+    try:
+        config = experiment.model_config(c, experiment.dataset(c, "train"))
+        experiment.check_experiment(c, config)
+    except (ValueError, KeyError) as error:
+        source = "model.init_from's config" if c.model.init_from else "the model config"
+        return [f"{source}: {error}"]
+    return []
+
+
+def validate(c: Any, model: bool = True) -> None:
+    """Raises ValueError listing every problem of the experiment config `c` (see `problems`)."""
+    found = problems(c, model)
+    if found:
+        raise ValueError(f"the experiment config has {len(found)} problem(s):\n  " + "\n  ".join(found))
