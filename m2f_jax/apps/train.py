@@ -1,0 +1,158 @@
+"""Trains Mask2Former with the matched, point-sampled losses on one device, a device mesh, or
+several processes, resuming from the last checkpoint in --workdir.
+
+    python train.py --config configs/synthetic.py --workdir runs/synthetic [--config.steps=200 ...]
+
+Writes under --workdir: checkpoints/ (orbax; the last `keep_checkpoints`), metrics.jsonl (one line
+per logged step), TensorBoard event files in tensorboard/, config.json (the model's HF config) and
+experiment.json (this config; a resume may change only some fields, see docs/training.md).
+Several processes: start one per host with M2F_COORDINATOR=host:port, M2F_NUM_PROCESSES and
+M2F_PROCESS_ID set, or under SLURM (srun), Open MPI (mpirun) or on a Cloud TPU pod, where JAX
+finds them itself (docs/training.md).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from m2f_jax import configs
+
+_CONFIG = _WORKDIR = None  # absl flag handles, defined by run()
+
+
+def _define_flags() -> None:
+    """Defined when the command runs, not on import, so that train and eval can share a process."""
+    global _CONFIG, _WORKDIR
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "an experiment config file (configs/*.py)")
+    _WORKDIR = flags.DEFINE_string("workdir", None, "run folder: checkpoints, metrics and logs (resumes if present)")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checks: the config, the processes and mesh, the workdir's saved configs
+
+
+def main(argv) -> int:
+    del argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save and restore step at INFO
+    from m2f_jax.training import experiment
+
+    c, workdir = _CONFIG.value, _WORKDIR.value
+    try:
+        experiment.validate(c)  # every field, before any process, device or file is touched
+    except ValueError as error:
+        sys.exit(f"train.py: {error}")
+
+    from m2f_jax.training.mesh import initialize_distributed
+
+    initialize_distributed()  # before anything touches the devices
+
+    import jax
+    import numpy as np
+
+    from m2f_jax.training import workdir as run_record
+    from m2f_jax.training.checkpoint import Checkpoints
+    from m2f_jax.training.mesh import global_batch, make_mesh
+    from m2f_jax.training.metrics import MetricsLog
+    from m2f_jax.training.step import check_batch, non_finite_message
+
+    lead = jax.process_index() == 0
+    try:
+        mesh = make_mesh(c.fsdp)
+    except ValueError as error:
+        sys.exit(f"train.py: {error}")
+    if c.batch_size % mesh.size:
+        sys.exit(f"train.py: batch_size must be a multiple of the mesh's {mesh.size} devices, got {c.batch_size}")
+    batches = experiment.train_batches(c, jax.process_index(), jax.process_count())
+    model_config = experiment.model_config(c, batches.dataset)
+
+    # ------------------------------------------------------------------------------------------------
+    # Resume: the saved configs compared with this one before anything is built or restored
+
+    checkpoints = Checkpoints(workdir, keep=c.keep_checkpoints)
+    resume_from = checkpoints.latest_step()
+    if resume_from is not None:
+        try:
+            changes = run_record.check_resume(workdir, c, model_config, resume_from)
+        except ValueError as error:
+            sys.exit(f"train.py: {error}")
+        if resume_from > c.steps:
+            sys.exit(f"train.py: steps={c.steps} but {workdir} holds a checkpoint at step {resume_from}; raise steps")
+        if changes and lead:
+            print(run_record.describe_changes(changes), flush=True)
+        if resume_from == c.steps:
+            if lead:
+                print(f"{workdir} has already trained {c.steps} steps; raise steps to continue", flush=True)
+            checkpoints.close()
+            return 0
+
+    # ------------------------------------------------------------------------------------------------
+    # Set-up: model, optimizer, the sharded state and the jitted step
+
+    opt_config, schedule = experiment.optimizer_config(c)
+    graphdef, state = experiment.initial_state(c, model_config, opt_config, mesh)
+    step_fn = experiment.jitted_train_step(c, model_config, graphdef, opt_config, state, mesh)
+    if resume_from is not None:
+        state, data_state = checkpoints.restore(state, resume_from)
+        batches.set_state(data_state)
+        if lead:
+            run_record.record_resume(workdir, c, resume_from, changes)
+            print(f"resumed from step {resume_from} in {workdir}", flush=True)
+    elif lead:
+        run_record.record_start(workdir, c, model_config)
+    first = int(jax.device_get(state.step))
+
+    # ------------------------------------------------------------------------------------------------
+    # The loop
+
+    def stop_if_non_finite(done: int, metrics) -> None:
+        if not bool(jax.device_get(metrics["finite"])):
+            checkpoints.wait()  # the save in flight, if any, is the last checkpoint
+            last = checkpoints.latest_step()
+            sys.exit(non_finite_message(done, float(metrics["loss"]), float(metrics["grad_norm"]), last))
+
+    log = MetricsLog(workdir, enabled=lead)
+    start, timed_from = time.perf_counter(), None
+    pending = None  # the previous step's (number, metrics), checked once the next step is queued
+    try:
+        for step in range(first, c.steps):
+            local = next(batches)
+            check_batch(local, model_config.num_labels, step)
+            state, metrics = step_fn(state, global_batch(local, mesh))
+            done = step + 1
+            if pending is not None:  # the device runs this step while the host checks the last one
+                stop_if_non_finite(*pending)
+            pending = (done, metrics)
+            if timed_from is None:  # the first step includes compilation
+                timed_from, start = done, time.perf_counter()
+            if done % c.log_every == 0 or done == c.steps:
+                stop_if_non_finite(done, metrics)
+                elapsed = time.perf_counter() - start
+                rate = (done - timed_from) / elapsed if elapsed > 0 and done > timed_from else float("nan")
+                scalars = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
+                scalars.update(learning_rate=float(schedule(done - 1)), images_per_s=rate * c.batch_size)
+                log.write(done, scalars, eta_s=(c.steps - done) / rate if rate > 0 else None)  # NaN > 0 is False
+            if done % c.checkpoint_every == 0 or done == c.steps:
+                stop_if_non_finite(done, metrics)  # never save a state whose data position ran past a skipped step
+                checkpoints.save(done, state, batches.get_state())  # asynchronous: written while training goes on
+    finally:
+        log.close()
+        checkpoints.close()  # waits for the save in flight, on every way out
+    if lead:
+        print(f"trained {c.steps} steps; checkpoints in {checkpoints.directory}", flush=True)
+    return 0
+
+
+def run() -> None:
+    """The `m2f-train` command (and `python train.py`); `--config NAME` names a shipped config."""
+    _define_flags()
+    sys.modules["__main__"].__doc__ = __doc__  # absl's --help prints the __main__ module's docstring
+    app.run(main, argv=configs.resolve_argv(sys.argv))
+
+
+if __name__ == "__main__":
+    run()
