@@ -83,6 +83,8 @@ def overlay(
     segmentation, infos = _segments(result)
     if segmentation.shape != rgb.shape[:2]:
         raise ValueError(f"result is {segmentation.shape}, image is {rgb.shape[:2]}: resize to target_sizes first")
+    if not infos:  # nothing to tint, nothing to list
+        return Image.fromarray(rgb)
     # A semantic map colours by class; panoptic and instance results give each segment its own.
     by_class = all(score is None for _, _, score in infos)
     colours = palette(max([label for _, label, _ in infos] + [0]) + 1) if by_class else palette(len(infos))

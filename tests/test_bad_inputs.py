@@ -328,3 +328,28 @@ def test_a_transformers_notebook_cell_runs_with_only_the_import_changed(tmp_path
     assert ours["semantic"].shape == (50, 70)
     assert (ours["semantic"] == hf["semantic"].numpy()).mean() > 0.999  # near-ties may differ
     assert ours["panoptic"]["segmentation"].shape == (50, 70) and ours["panoptic"]["segments_info"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# 14: segment() uses the checkpoint's own processor settings
+
+
+def test_segment_uses_the_checkpoints_processor(converted, tmp_path):
+    """The converted folder carries a 64/96 preprocessor config: segment() without a processor uses
+    it (before, it used HF's 800/1333 defaults); a checkpoint without one warns and uses the defaults."""
+    from m2f_jax.inference import default_processor
+
+    model = m2f_jax.from_pretrained(converted)
+    assert model.name_or_path == converted
+    assert default_processor(model) == m2f_jax.ImageProcessor.from_pretrained(converted)
+    assert default_processor(model).size == {"shortest_edge": 64, "longest_edge": 96}
+    images = [np.random.RandomState(7).randint(0, 256, (32, 40, 3), np.uint8)] * 2
+    implicit = m2f_jax.segment(model, images, task="semantic")
+    explicit = m2f_jax.segment(model, images, task="semantic", processor=default_processor(model))
+    np.testing.assert_array_equal(implicit[0], explicit[0])
+    model.save_pretrained(tmp_path / "bare")  # weights and config only
+    bare = m2f_jax.from_pretrained(str(tmp_path / "bare"))
+    with pytest.warns(UserWarning, match="has no preprocessor_config.json"):
+        assert default_processor(bare) == m2f_jax.ImageProcessor()
+    model.name_or_path = None  # built from a config: HF's defaults, silently
+    assert default_processor(model) == m2f_jax.ImageProcessor()

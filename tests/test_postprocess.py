@@ -382,7 +382,7 @@ def test_coco_rle_round_trips():
     for mask, rle in zip(maps[0]["segmentation"], rles[0]["segmentation"], strict=True):
         np.testing.assert_array_equal(decode_rle(rle), mask)
     assert pp._rle(np.ones((2, 3), bool))["counts"] == [0, 6]
-    none = pp.post_process_instance_segmentation(outputs, threshold=2.0, return_coco_annotation=True)[0]
+    none = pp.post_process_instance_segmentation(outputs, threshold=1.0, return_coco_annotation=True)[0]
     assert none == {"segmentation": [], "segments_info": []}
 
 

@@ -38,12 +38,13 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """One process on 1 device, 8 devices ('data') and 4x2 devices ('data' x 'fsdp'); and two
+    """One process on 1 device and on 4x2 devices ('data' x 'fsdp': both axes, so an 8x1 mesh adds no
+    case, only a compilation); and two
     processes with 2 devices each (a 4-device 'data' mesh). All start at once: compiling is mostly
     single-threaded, so they share the cores."""
     one, two = tmp_path_factory.mktemp("one") / "params.npz", tmp_path_factory.mktemp("two") / "params.npz"
     port = free_port()
-    processes = [start_worker(one, "1x1,8x1,4x2", devices=8)] + [
+    processes = [start_worker(one, "1x1,4x2", devices=8)] + [
         start_worker(two, "2x1", devices=2, env_extra={
             "M2F_COORDINATOR": f"127.0.0.1:{port}", "M2F_NUM_PROCESSES": "2", "M2F_PROCESS_ID": str(i)})
         for i in range(2)
@@ -72,9 +73,8 @@ def test_training_moved(runs):
     assert np.all(np.isfinite(one["losses"])) and len(one["losses"]) == 3
 
 
-@pytest.mark.parametrize("mesh", ["8x1", "4x2"])
-def test_eight_devices_equal_one(runs, mesh):
-    assert_same_training(by_mesh(runs[0], "1x1"), by_mesh(runs[0], mesh))
+def test_eight_devices_equal_one(runs):
+    assert_same_training(by_mesh(runs[0], "1x1"), by_mesh(runs[0], "4x2"))
 
 
 def test_two_processes_equal_one(runs):

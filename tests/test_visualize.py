@@ -40,3 +40,9 @@ def test_panoptic_overlay_gives_each_segment_its_colour():
 def test_size_mismatch_is_an_error():
     with pytest.raises(ValueError, match="target_sizes"):
         overlay(np.zeros((10, 10, 3), np.uint8), np.zeros((5, 5), int))
+
+
+def test_a_result_without_segments_leaves_the_image_as_it_is():
+    image = np.full((6, 8, 3), 90, np.uint8)
+    empty = {"segmentation": np.full((6, 8), -1), "segments_info": []}
+    np.testing.assert_array_equal(np.asarray(overlay(image, empty)), image)

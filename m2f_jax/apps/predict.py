@@ -203,9 +203,7 @@ def write_outputs(image, result, task: str, id2label: dict[int, str], source: st
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="m2f-predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="converted folder, raw HF save_pretrained folder, or hub id")
     parser.add_argument("--task", required=True, choices=("panoptic", "instance", "semantic"))
     parser.add_argument("--input", required=True, help="an image file or a folder of images")

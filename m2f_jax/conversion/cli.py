@@ -8,7 +8,6 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="hf_to_flax.py",
         description=(
             "Convert a Hugging Face Mask2FormerForUniversalSegmentation checkpoint to m2f_jax's format. "
             "SRC is a folder written by save_pretrained (config.json + model.safetensors, or "
