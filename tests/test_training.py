@@ -36,21 +36,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def start_runs(folder: str) -> tuple[list, str, str]:
     """One process on 1 device and on 4x2 devices ('data' x 'fsdp': both axes, so an 8x1 mesh adds no
-    case, only a compilation); and two
-    processes with 2 devices each (a 4-device 'data' mesh). All start at once: compiling is mostly
-    single-threaded, so they share the cores."""
-    one, two = tmp_path_factory.mktemp("one") / "params.npz", tmp_path_factory.mktemp("two") / "params.npz"
+    case, only a compilation); and two processes with 2 devices each (a 4-device 'data' mesh). All start
+    at once: compiling is mostly single-threaded, so they share the cores."""
+    one, two = os.path.join(folder, "one.npz"), os.path.join(folder, "two.npz")
     port = free_port()
     processes = [start_worker(one, "1x1,4x2", devices=8)] + [
         start_worker(two, "2x1", devices=2, env_extra={
             "M2F_COORDINATOR": f"127.0.0.1:{port}", "M2F_NUM_PROCESSES": "2", "M2F_PROCESS_ID": str(i)})
         for i in range(2)
     ]  # fmt: skip
+    return processes, one, two
+
+
+# conftest.py starts the runs as soon as the session has collected this file's tests, so that they
+# compile on the core the other tests leave idle (minutes off the suite on two cores).
+STARTED: list = []
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    processes, one, two = STARTED.pop() if STARTED else start_runs(str(tmp_path_factory.mktemp("training")))
     for process, log in processes:
-        process.wait(timeout=900)
+        process.wait(timeout=1800)
         with open(log) as f:
             assert process.returncode == 0, f.read()[-4000:]
     return np.load(one), np.load(two)
