@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
-
 import pytest
 
 from helpers import save_random_hf_model, tiny_config
@@ -22,14 +20,3 @@ def converted(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("converted")
     m2f_jax.convert_hf(str(hf), str(out))
     return str(out)
-
-
-@pytest.hookimpl(trylast=True)  # after -k / -m have deselected what will not run
-def pytest_collection_modifyitems(session, config, items):
-    """Starts test_training.py's multi-device runs in the background when its tests will run (see there)."""
-    if config.option.collectonly:
-        return
-    if any(item.path.name == "test_training.py" and "runs" in getattr(item, "fixturenames", ()) for item in items):
-        import test_training
-
-        test_training.STARTED.append(test_training.start_runs(tempfile.mkdtemp(prefix="m2f-training-")))

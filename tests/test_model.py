@@ -20,10 +20,16 @@ def model():
     return Mask2FormerForUniversalSegmentation(tiny_config(), rngs=nnx.Rngs(0))
 
 
-def test_eager_equals_jit(model):
-    pixels = jnp.asarray(np.random.RandomState(0).randn(1, 40, 56, 3), jnp.float32)
-    eager = model(pixels)
-    jitted = jax.jit(lambda m, x: m(x))(model, pixels)
+def test_eager_equals_jit(converted):
+    """Eager and jitted calls agree. The model and shapes are those of the notebook-cell test in
+    test_bad_inputs.py, so that the eager call's op-by-op compilations are shared within a session."""
+    import m2f_jax
+
+    model = m2f_jax.from_pretrained(converted)
+    pixels = jnp.asarray(np.random.RandomState(0).randn(1, 64, 96, 3), jnp.float32)
+    mask = jnp.ones((1, 64, 96), bool)
+    eager = model(pixels, pixel_mask=mask)
+    jitted = jax.jit(lambda m, x, pm: m(x, pixel_mask=pm))(model, pixels, mask)
     assert max_diff(eager.class_queries_logits, jitted.class_queries_logits) < 1e-4
     assert max_diff(eager.masks_queries_logits, jitted.masks_queries_logits) < 1e-4
     assert len(eager.auxiliary_logits) == tiny_config().decoder_layers - 1

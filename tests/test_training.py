@@ -50,14 +50,9 @@ def start_runs(folder: str) -> tuple[list, str, str]:
     return processes, one, two
 
 
-# conftest.py starts the runs as soon as the session has collected this file's tests, so that they
-# compile on the core the other tests leave idle (minutes off the suite on two cores).
-STARTED: list = []
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    processes, one, two = STARTED.pop() if STARTED else start_runs(str(tmp_path_factory.mktemp("training")))
+    processes, one, two = start_runs(str(tmp_path_factory.mktemp("training")))
     for process, log in processes:
         process.wait(timeout=1800)
         with open(log) as f:
