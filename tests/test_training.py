@@ -23,7 +23,9 @@ CLUSTER_VARIABLES = ("M2F_", "SLURM_", "OMPI_")  # the test's own processes only
 def start_worker(out, meshes, devices, env_extra=None) -> tuple[subprocess.Popen, str]:
     """The worker in a subprocess, its output in a log file beside `out` (no pipe to fill)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(CLUSTER_VARIABLES)}
-    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **(env_extra or {}))
+    # Optimisation level 0: the runs compare meshes under the same compiler settings, and compile faster.
+    flags = f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
+    env.update(XLA_FLAGS=flags, **(env_extra or {}))
     command = [sys.executable, WORKER, str(out), "--steps", "3", "--meshes", meshes]
     log = f"{out}.{(env_extra or {}).get('M2F_PROCESS_ID', 0)}.log"
     with open(log, "w") as f:
