@@ -13,10 +13,10 @@ import json
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from m2f_jax import configs
+from m2f_jax.apps import run_absl
 
 _CONFIG = _WORKDIR = _STEP = _OVERLAYS = _BATCH = None  # absl flag handles, defined by run()
 
@@ -130,9 +130,7 @@ def main(argv) -> int:
 
 def run() -> None:
     """The `m2f-eval` command (and `python eval.py`); `--config NAME` names a shipped config."""
-    _define_flags()
-    sys.modules["__main__"].__doc__ = __doc__  # absl's --help prints the __main__ module's docstring
-    app.run(main, argv=configs.resolve_argv(sys.argv))
+    run_absl(main, _define_flags, __doc__)
 
 
 if __name__ == "__main__":

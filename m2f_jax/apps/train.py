@@ -16,10 +16,10 @@ from __future__ import annotations
 import sys
 import time
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from m2f_jax import configs
+from m2f_jax.apps import run_absl
 
 _CONFIG = _WORKDIR = None  # absl flag handles, defined by run()
 
@@ -149,9 +149,7 @@ def main(argv) -> int:
 
 def run() -> None:
     """The `m2f-train` command (and `python train.py`); `--config NAME` names a shipped config."""
-    _define_flags()
-    sys.modules["__main__"].__doc__ = __doc__  # absl's --help prints the __main__ module's docstring
-    app.run(main, argv=configs.resolve_argv(sys.argv))
+    run_absl(main, _define_flags, __doc__)
 
 
 if __name__ == "__main__":
