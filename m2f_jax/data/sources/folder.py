@@ -114,9 +114,8 @@ def segments_from_maps(
     if instances is not None:
         code = np.where(instances > 0, num + instances.astype(np.int64), code)
     values, inverse = np.unique(code, return_inverse=True)
-    kept = values[values >= 0]
+    kept = values[values >= 0]  # -1 (ignore), when present, is values[0] and becomes segment id 0
     segments = (inverse.reshape(code.shape) - (values.size - kept.size) + 1).astype(np.int32)
-    segments[code < 0] = 0
     info = []
     for segment_id, value in enumerate(kept.tolist(), start=1):
         if value < num:
