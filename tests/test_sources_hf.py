@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import sys
 
 import numpy as np
 import pytest
@@ -178,3 +179,9 @@ def test_errors_name_the_column_split_or_value():
     )
     with pytest.raises(SampleError, match="instance 4 covers several classes: 'wall' \\(id 0\\), 'person'"):
         spanning[0]
+
+
+def test_without_datasets_installed_says_which_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
+    with pytest.raises(ImportError, match=r"pip install 'm2f-jax\[hf\]'"):
+        open_source("hf_datasets", "train", dataset=object(), semantic_column="label", id2label=ID2LABEL)

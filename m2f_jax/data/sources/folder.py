@@ -28,6 +28,8 @@ labels.json lists the classes and the value of unlabelled pixels:
 - Images and masks pair by file name without extension (train/images/a.jpg <-> train/semantic/a.png);
   an unpaired file, two images with one name or a file of another type is an error. Hidden files
   (.name) are skipped. Masks must be PNG: lossy formats change the values at region borders.
+- Images are read as `processing.image_io` reads them (EXIF orientation applied, 8-bit RGB; 16-bit
+  images are refused); masks as stored, so they must match the image as it displays.
 
 What a sample holds (see `base`): each instance is one segment; each stuff class present is one
 segment; the pixels of a thing class that no instance covers (all of them in a split without
