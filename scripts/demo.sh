@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: sets up .venv, trains a small Mask2Former from scratch on the
-# shipped synthetic data (CPU is enough), then evaluates it on held-out images and draws overlays.
+# synthetic data set, written once to data/synthetic as a COCO panoptic folder (CPU is enough), then evaluates it on held-out images and draws overlays.
 # Usage: bash scripts/demo.sh [WORKDIR] [--config.key=value ...]   (default WORKDIR runs/synthetic)
 # Rerunning with the same WORKDIR resumes the training from its last checkpoint.
 set -euo pipefail
@@ -8,5 +8,8 @@ cd "$(dirname "$0")/.."
 source scripts/setup_env.sh ""  # no extras (and not this script's arguments)
 workdir="${1:-runs/synthetic}"
 shift $(( $# > 0 ? 1 : 0 ))
+if [ ! -f data/synthetic/annotations/panoptic_val2017.json ]; then  # written once, read by the COCO panoptic loader
+  python -m m2f_jax.data.synthetic data/synthetic --train-images 4000 --val-images 64 --image-size 64
+fi
 python train.py --config configs/synthetic.py --workdir "$workdir" "$@"
 python eval.py --config configs/synthetic.py --workdir "$workdir" "$@"

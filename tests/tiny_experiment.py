@@ -15,7 +15,10 @@ def get_config() -> ml_collections.ConfigDict:
     spec.loader.exec_module(module)
     c = module.get_config()
     c.steps, c.batch_size = 3, 8
-    c.data.train_images, c.data.eval_images, c.data.image_size, c.data.max_instances = 32, 8, (32, 32), 12
+    # The in-memory synthetic source (no files to write); tests of the folder loaders override data.*.
+    c.data.source, c.data.eval_images, c.data.max_instances, c.data.workers = "synthetic", 8, 12, 0
+    c.data.options = ml_collections.ConfigDict({"num_images": 32, "image_size": (32, 32)})
+    c.data.augment.crop_size = (32, 32)
     c.model.update(depths=(1, 1, 1, 1), num_queries=12, encoder_layers=1, decoder_layers=2, drop_path_rate=0.1)
     c.loss.num_points = 64
     c.optimizer.warmup_steps = 0

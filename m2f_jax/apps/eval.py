@@ -80,7 +80,11 @@ def main(argv) -> int:
             f"eval.py: no checkpoint {'' if step is None else step} in {checkpoints.directory} "
             f"(there are {checkpoints.all_steps() or 'none'}); train first"
         )
-    data = experiment.dataset(c, "eval")
+    try:
+        data = experiment.dataset(c, "val")
+    except (OSError, ValueError) as error:
+        sys.exit(f"eval.py: data.source {c.data.source!r}: {error}")
+    count = min(len(data), c.data.eval_images or len(data))
     model_config = Mask2FormerConfig.load(workdir)
     try:  # a checkpoint restored into another optimizer layout would fail with pages of orbax errors
         run_record.check_evaluate(workdir, c, step)
@@ -93,11 +97,14 @@ def main(argv) -> int:
     checkpoints.close()
     model = nnx.merge(graphdef, state.params, state.rngs)
 
-    metrics, shown = evaluate(model, data, batch_size=_BATCH.value, keep_results=_OVERLAYS.value)
+    metrics, shown = evaluate(
+        model, data, batch_size=_BATCH.value, keep_results=_OVERLAYS.value, processor=experiment.processor(c),
+        num_images=count,
+    )  # fmt: skip
     out = os.path.join(workdir, "eval")
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "metrics.json"), "w") as f:
-        json.dump({"step": step, "images": len(data), **metrics}, f, indent=1)
+        json.dump({"step": step, "images": count, **metrics}, f, indent=1)
     labels = model_config.id2label
     for i, result in enumerate(shown):
         sample = data[i]
@@ -107,7 +114,7 @@ def main(argv) -> int:
             return np.repeat(np.repeat(np.asarray(x), zoom, 0), zoom, 1)
 
         truth = {
-            "segmentation": big(sample["instances"]),
+            "segmentation": big(sample["segments"]),
             "segments_info": [{"id": s["id"], "label_id": s["category_id"]} for s in sample["segments_info"]],
         }
         predicted = {**result["panoptic"], "segmentation": big(result["panoptic"]["segmentation"])}

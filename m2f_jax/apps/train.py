@@ -56,7 +56,7 @@ def main(argv) -> int:
 
     from m2f_jax.training import workdir as run_record
     from m2f_jax.training.checkpoint import Checkpoints
-    from m2f_jax.training.mesh import global_batch, make_mesh
+    from m2f_jax.training.mesh import count_everywhere, global_batch, make_mesh
     from m2f_jax.training.metrics import MetricsLog
     from m2f_jax.training.step import check_batch, non_finite_message
 
@@ -67,8 +67,11 @@ def main(argv) -> int:
         sys.exit(f"train.py: {error}")
     if c.batch_size % mesh.size:
         sys.exit(f"train.py: batch_size must be a multiple of the mesh's {mesh.size} devices, got {c.batch_size}")
-    batches = experiment.train_batches(c, jax.process_index(), jax.process_count())
-    model_config = experiment.model_config(c, batches.dataset)
+    try:  # the data source: its folders and annotation files are checked here, before any device work
+        model_config = experiment.model_config(c, experiment.dataset(c, "train"))
+        batches = experiment.train_batches(c, jax.process_index(), jax.process_count())
+    except (OSError, ValueError) as error:
+        sys.exit(f"train.py: data.source {c.data.source!r}: {error}")
 
     # ------------------------------------------------------------------------------------------------
     # Resume: the saved configs compared with this one before anything is built or restored
@@ -96,14 +99,20 @@ def main(argv) -> int:
     opt_config, schedule = experiment.optimizer_config(c)
     graphdef, state = experiment.initial_state(c, model_config, opt_config, mesh)
     step_fn = experiment.jitted_train_step(c, model_config, graphdef, opt_config, state, mesh)
+    skipped: list[str] = []  # this process's samples that could not be read, since this start
+    skipped_before = 0  # all processes' skipped samples before this start
     if resume_from is not None:
         state, data_state = checkpoints.restore(state, resume_from)
-        batches.set_state(data_state)
+        # Every process's iterator state is the same (positions within its own shard), so the one
+        # checkpoint copy (orbax writes JSON from the first process) serves them all.
+        batches.set_state(data_state["iterator"])
+        skipped_before = int(data_state["skipped"])
         if lead:
             run_record.record_resume(workdir, c, resume_from, changes)
             print(f"resumed from step {resume_from} in {workdir}", flush=True)
     elif lead:
         run_record.record_start(workdir, c, model_config)
+        experiment.processor(c).save_pretrained(workdir)  # the normalisation the model was trained with
     first = int(jax.device_get(state.step))
 
     # ------------------------------------------------------------------------------------------------
@@ -121,6 +130,9 @@ def main(argv) -> int:
     try:
         for step in range(first, c.steps):
             local = next(batches)
+            for message in local.pop("skipped"):
+                print(f"train.py: skipped a sample: {message}", file=sys.stderr, flush=True)
+                skipped.append(message)
             check_batch(local, model_config.num_labels, step)
             state, metrics = step_fn(state, global_batch(local, mesh))
             done = step + 1
@@ -129,16 +141,32 @@ def main(argv) -> int:
             pending = (done, metrics)
             if timed_from is None:  # the first step includes compilation
                 timed_from, start = done, time.perf_counter()
+            boundary = done % c.log_every == 0 or done % c.checkpoint_every == 0 or done == c.steps
+            # The same decision on every process, at the same steps.
+            total_skipped = skipped_before + count_everywhere(len(skipped)) if boundary else 0
+            too_many_skipped = total_skipped > c.data.max_skipped
             if done % c.log_every == 0 or done == c.steps:
                 stop_if_non_finite(done, metrics)
                 elapsed = time.perf_counter() - start
                 rate = (done - timed_from) / elapsed if elapsed > 0 and done > timed_from else float("nan")
                 scalars = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
-                scalars.update(learning_rate=float(schedule(done - 1)), images_per_s=rate * c.batch_size)
+                scalars.update(
+                    learning_rate=float(schedule(done - 1)),
+                    images_per_s=rate * c.batch_size,
+                    skipped_images=total_skipped,
+                )
                 log.write(done, scalars, eta_s=(c.steps - done) / rate if rate > 0 else None)  # NaN > 0 is False
-            if done % c.checkpoint_every == 0 or done == c.steps:
+            if done % c.checkpoint_every == 0 or done == c.steps or too_many_skipped:
                 stop_if_non_finite(done, metrics)  # never save a state whose data position ran past a skipped step
-                checkpoints.save(done, state, batches.get_state())  # asynchronous: written while training goes on
+                data_state = {"iterator": batches.get_state(), "skipped": total_skipped}
+                checkpoints.save(done, state, data_state)  # asynchronous: written while training goes on
+            if too_many_skipped:
+                checkpoints.wait()
+                sys.exit(
+                    f"train.py: {total_skipped} samples could not be read, more than data.max_skipped="
+                    f"{c.data.max_skipped}; stopped at step {done} (saved). Fix or remove them, or raise "
+                    "data.max_skipped, then resume. This process's:\n  " + "\n  ".join(skipped)
+                )
     finally:
         log.close()
         checkpoints.close()  # waits for the save in flight, on every way out

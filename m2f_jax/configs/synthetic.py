@@ -1,10 +1,13 @@
 """A small Mask2Former trained from scratch on the shipped synthetic dataset, on a CPU.
 
+python -m m2f_jax.data.synthetic data/synthetic --train-images 4000 --val-images 64   # the data set
 python train.py --config configs/synthetic.py --workdir runs/synthetic
 python train.py --config configs/synthetic.py --workdir runs/quick --config.steps=50
 """
 
 import ml_collections
+
+from m2f_jax.configs._base import augment, data
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -12,13 +15,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.task = "panoptic"  # targets: "panoptic" (things + stuff), "instance" or "semantic"
 
-    c.data = ml_collections.ConfigDict()
-    c.data.source = "synthetic"
-    c.data.train_images = 4000
-    c.data.eval_images = 64
-    c.data.image_size = (64, 64)
-    c.data.max_instances = 16
-    c.data.flip = True
+    # The synthetic shapes written as a COCO panoptic folder (scripts/demo.sh writes it with
+    # `python -m m2f_jax.data.synthetic data/synthetic ...`), read by the loader a COCO user's data goes through.
+    c.data = data(
+        "coco_panoptic", {"root": "data/synthetic"}, max_instances=16, augmentation=augment("flip", (64, 64)),
+        eval_images=64, workers=1, max_skipped=10,
+    )  # fmt: skip
 
     # Model: Swin with every feature of the real one, scaled down to train in minutes.
     c.model = ml_collections.ConfigDict()

@@ -1,6 +1,2 @@
-"""Data sources and the batching that feeds a jitted training step."""
-
-from m2f_jax.data.batching import TASKS, TrainBatches
-from m2f_jax.data.synthetic import SyntheticDataset
-
-__all__ = ["TASKS", "SyntheticDataset", "TrainBatches"]
+"""Training data: sources (one sample representation for every data set), augmentations, the grain
+pipeline and the compact batch format the jitted step expands on the device."""

@@ -3,6 +3,8 @@ optimizer, the (sharded) initial state and the jitted step. train.py and eval.py
 
 from __future__ import annotations
 
+import functools
+import json
 from typing import Any
 
 import jax
@@ -11,9 +13,12 @@ import optax
 from flax import nnx
 
 from m2f_jax.config import Mask2FormerConfig, SwinConfig, preset
-from m2f_jax.data import SyntheticDataset, TrainBatches
+from m2f_jax.data.pipeline import PipelineConfig, TrainBatches
+from m2f_jax.data.sources import Source, id2label, open_source
+from m2f_jax.data.transforms import AugmentConfig
 from m2f_jax.losses import LossConfig
 from m2f_jax.modeling import Mask2FormerForUniversalSegmentation
+from m2f_jax.processing.preprocess import ImageProcessor
 from m2f_jax.training.mesh import batch_sharding, replicated, state_sharding
 from m2f_jax.training.optimizer import OptimizerConfig, build_optimizer, learning_rate_schedule
 from m2f_jax.training.step import TrainState, init_state, make_train_step
@@ -25,32 +30,53 @@ _MODEL_FIELDS = (
 )  # fmt: skip
 
 
-def dataset(c: Any, split: str) -> SyntheticDataset:
-    if c.data.source != "synthetic":
-        raise ValueError(f"data.source {c.data.source!r} is not available yet (only 'synthetic')")
-    count = c.data.train_images if split == "train" else c.data.eval_images
-    seed = c.seed if split == "train" else c.seed + 10_000  # held-out images never seen in training
-    return SyntheticDataset(count, image_size=tuple(c.data.image_size), seed=seed)
+def source_options(c: Any) -> dict[str, Any]:
+    """The data source's keyword options (data.options), as a plain dict."""
+    options = c.data.options
+    return dict(options.to_dict() if hasattr(options, "to_dict") else options)
+
+
+@functools.lru_cache(maxsize=8)
+def _open_source(kind: str, split: str, options_json: str) -> Source:
+    return open_source(kind, split, **json.loads(options_json))
+
+
+def dataset(c: Any, split: str) -> Source:
+    """The "train" or "val" split of the config's data source (opened once per process: reading a
+    large annotation file is the slow part)."""
+    return _open_source(c.data.source, split, json.dumps(source_options(c), sort_keys=True))
+
+
+def pipeline_config(c: Any) -> PipelineConfig:
+    a = c.data.augment
+    augment = AugmentConfig(
+        kind=a.kind, crop_size=tuple(a.crop_size), min_scale=a.min_scale, max_scale=a.max_scale,
+        base_size=a.base_size, max_size=a.max_size, max_category_area=a.max_category_area,
+        photometric=a.photometric, flip=a.flip,
+    )  # fmt: skip
+    return PipelineConfig(
+        batch_size=c.batch_size, max_instances=c.data.max_instances, task=c.task, augment=augment, seed=c.seed,
+        workers=c.data.workers,
+    )  # fmt: skip
 
 
 def train_batches(c: Any, process_index: int, process_count: int) -> TrainBatches:
-    return TrainBatches(
-        dataset(c, "train"),
-        batch_size=c.batch_size,
-        seed=c.seed,
-        max_instances=c.data.max_instances,
-        task=c.task,
-        flip=c.data.flip,
-        process_index=process_index,
-        process_count=process_count,
-    )
+    """This process's iterator of host batches (see m2f_jax.data.batch), with get_state/set_state."""
+    return TrainBatches(dataset(c, "train"), pipeline_config(c), process_index, process_count)
 
 
-def model_config(c: Any, data: SyntheticDataset) -> Mask2FormerConfig:
+def processor(c: Any) -> ImageProcessor:
+    """The image processor whose normalisation the step applies on the device (ImageNet mean and std,
+    as every Mask2Former checkpoint), saved with the run so that inference uses the same."""
+    del c
+    return ImageProcessor()
+
+
+def model_config(c: Any, data: Source) -> Mask2FormerConfig:
     """The preset or the config's fields (init_from: that model's config), with the dataset's labels and
     the experiment's loss settings (which the model config carries, so config.json records them)."""
     loss = dict(
-        id2label=dict(data.id2label),
+        id2label=id2label(data),
         class_weight=c.loss.class_weight,
         mask_weight=c.loss.mask_weight,
         dice_weight=c.loss.dice_weight,
@@ -139,7 +165,9 @@ def jitted_train_step(
     over every device; the metrics come back replicated."""
     tx = build_optimizer(opt_config, state.params)
     losses = loss_config(c, config)
-    step = make_train_step(graphdef, tx, losses, compute_dtype=jnp.dtype(c.compute_dtype), remat=c.remat)
+    step = make_train_step(
+        graphdef, tx, losses, processor(c).normalize, compute_dtype=jnp.dtype(c.compute_dtype), remat=c.remat
+    )
     shardings = jax.tree.map(lambda x: x.sharding, state)
     return jax.jit(
         step,

@@ -139,3 +139,13 @@ def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str,
     return {
         name: jax.make_array_from_process_local_data(sharding, np.asarray(value)) for name, value in local_batch.items()
     }
+
+
+def count_everywhere(count: int) -> int:
+    """The sum of `count` over all processes (each reads its own shard of the data); every process must
+    call it at the same point, as any collective."""
+    if jax.process_count() == 1:
+        return count
+    from jax.experimental import multihost_utils
+
+    return int(np.sum(multihost_utils.process_allgather(np.int32(count))))

@@ -12,10 +12,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx, struct
 
-from m2f_jax.losses import LossConfig, check_targets, mask2former_loss
+from m2f_jax.data.batch import model_inputs
+from m2f_jax.losses import LossConfig, mask2former_loss
 from m2f_jax.modeling import Mask2FormerForUniversalSegmentation
 from m2f_jax.processing.targets import PaddedTargets
 
@@ -48,17 +50,18 @@ def init_state(
     return graphdef, state
 
 
-def targets_of(batch: Mapping[str, jax.Array]) -> PaddedTargets:
-    return PaddedTargets(masks=batch["mask_labels"], labels=batch["class_labels"], valid=batch["mask_valid"])
-
-
 def check_batch(batch: Mapping[str, Any], num_labels: int, step: int) -> None:
     """Host-side check of a batch before it reaches the step (where a traced label cannot be
-    checked and an out-of-range one would silently index the wrong class)."""
-    try:
-        check_targets(targets_of(batch), num_labels)
-    except ValueError as error:
-        raise ValueError(f"training batch {step}: {error}") from None
+    checked and an out-of-range one would silently index the wrong class): names the batch, the
+    image (row) and the label."""
+    labels, valid = np.asarray(batch["class_labels"]), np.asarray(batch["mask_valid"])
+    bad = valid & ((labels < 0) | (labels >= num_labels))
+    if bad.any():
+        row, slot = (int(i[0]) for i in np.nonzero(bad))
+        raise ValueError(
+            f"training batch {step}: image {row}: label {int(labels[row, slot])} is outside [0, {num_labels}) "
+            f"(num_labels={num_labels})"
+        )
 
 
 def cast_floating(tree: Any, dtype: Any) -> Any:
@@ -93,10 +96,13 @@ def make_train_step(
     graphdef: nnx.GraphDef,
     optimizer: optax.GradientTransformation,
     loss_config: LossConfig,
+    normalize: Callable[[jax.Array], jax.Array],
     compute_dtype: Any = jnp.float32,
     remat: bool = False,
 ) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
-    """The step: forward in training mode, the matched loss on every prediction, gradients, one
+    """The step on a host batch (m2f_jax.data.batch: uint8 images, target maps): images normalised by
+    `normalize` (the image processor's) and binary target masks built here on the device; then the
+    forward in training mode, the matched loss on every prediction, gradients, one
     optimizer update. A non-finite loss, gradient norm or updated parameter leaves the state
     untouched (and says so in metrics["finite"]), so no state with non-finite weights exists.
 
@@ -108,9 +114,10 @@ def make_train_step(
     def loss_fn(params, rngs, batch, key):
         # copy=True: fresh Variables at this trace level, so dropout can advance the RNG counts.
         model = nnx.merge(graphdef, cast_floating(params, compute_dtype), rngs, copy=True)
-        pixels = batch["pixel_values"].astype(compute_dtype)
-        outputs = model(pixels, pixel_mask=batch["pixel_mask"], deterministic=False, remat=remat)
-        loss, parts = mask2former_loss(outputs, targets_of(batch), key, loss_config)
+        pixels, pixel_mask, masks = model_inputs(batch, normalize)
+        outputs = model(pixels.astype(compute_dtype), pixel_mask=pixel_mask, deterministic=False, remat=remat)
+        targets = PaddedTargets(masks=masks, labels=batch["class_labels"], valid=batch["mask_valid"])
+        loss, parts = mask2former_loss(outputs, targets, key, loss_config)
         return loss, (parts, nnx.state(model, nnx.Not(nnx.Param)))
 
     def step(state: TrainState, batch: Mapping[str, jax.Array]):

@@ -14,6 +14,9 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from m2f_jax.data.sources import SOURCES
+from m2f_jax.data.transforms import KINDS
+
 # A check returns None when the value is fine, else what was expected ("must be ...").
 Check = Callable[[Any], "str | None"]
 
@@ -99,16 +102,25 @@ def _preset(v: Any) -> str | None:
 
 POSITIVE = integer(1)
 
-# Every field an experiment config has, with its check.
+# Every field an experiment config has, with its check. data.options holds the data source's own
+# keyword options (its folder, annotation file, ...): the source checks them when it is opened.
 FIELDS: dict[str, Check] = {
     "seed": integer(0),
     "task": choice("panoptic", "instance", "semantic"),
-    "data.source": choice("synthetic"),
-    "data.train_images": POSITIVE,
-    "data.eval_images": POSITIVE,
-    "data.image_size": integers(2, low=16),  # (height, width); the synthetic images need 16 pixels
+    "data.source": choice(*SOURCES),
     "data.max_instances": POSITIVE,
-    "data.flip": boolean,
+    "data.eval_images": integer(0),  # 0: the whole validation split
+    "data.workers": integer(0),
+    "data.max_skipped": integer(0),
+    "data.augment.kind": choice(*KINDS),
+    "data.augment.crop_size": integers(2, low=1),
+    "data.augment.min_scale": number(0, low_open=True),
+    "data.augment.max_scale": number(0, low_open=True),
+    "data.augment.base_size": POSITIVE,
+    "data.augment.max_size": POSITIVE,
+    "data.augment.max_category_area": number(0, 1, low_open=True),
+    "data.augment.photometric": boolean,
+    "data.augment.flip": boolean,
     "model.preset": _preset,
     "model.init_from": folder_or_empty,
     "model.embed_dim": POSITIVE,
@@ -189,12 +201,16 @@ def problems(c: Any, model: bool = True) -> list[str]:
     """Every problem of the experiment config `c`, as sentences naming the field; [] if none.
     model=False: the model comes from elsewhere (eval.py reads the run's config.json), so model.*
     and the model config they make are not checked."""
-    flat = flatten(as_dict(c))
+    tree = as_dict(c)
+    options = tree.get("data", {}).get("options") if isinstance(tree.get("data"), Mapping) else None
+    flat = {k: v for k, v in flatten(tree).items() if not k.startswith("data.options.")}
     known = {k: v for k, v in {**FIELDS, **OPTIONAL_FIELDS}.items() if model or not k.startswith("model.")}
     if not model:
         flat = {k: v for k, v in flat.items() if not k.startswith("model.")}
     found = []
-    for name in sorted(set(flat) - set(known)):
+    if not isinstance(options, Mapping):
+        found.append(f"data.options must be a dict of the data source's options (may be empty), got {options!r}")
+    for name in sorted(set(flat) - set(known) - {"data.options"}):
         close = difflib.get_close_matches(name, list(known), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         found.append(f"{name} is not a known field{hint}; the fields are listed in docs/training.md")
@@ -210,6 +226,11 @@ def problems(c: Any, model: bool = True) -> list[str]:
     if found:
         return found
     # Every field is well-formed: settings that span several fields.
+    if flat["data.augment.min_scale"] > flat["data.augment.max_scale"]:
+        found.append(
+            f"data.augment.min_scale={flat['data.augment.min_scale']} must be <= max_scale="
+            f"{flat['data.augment.max_scale']}"
+        )
     accumulate = flat["optimizer.accumulation_steps"]
     if flat["steps"] % accumulate:
         found.append(
@@ -221,9 +242,28 @@ def problems(c: Any, model: bool = True) -> list[str]:
             width = flat["model.embed_dim"] * 2**i
             if width % heads:
                 found.append(f"model.num_heads[{i}]={heads} must divide stage {i + 1}'s width {width}")
+    if not found:
+        found.extend(_data_problems(c))
     if model and not found:
         found.extend(_model_problems(c))
     return found
+
+
+def _data_problems(c: Any) -> list[str]:
+    """What the data source says of data.options (a missing folder or annotation file, a bad option),
+    and whether it can train the task: found by opening its train split (no image is read)."""
+    from m2f_jax.data.sources import tasks_of
+    from m2f_jax.training import experiment
+
+    try:
+        source = experiment.dataset(c, "train")
+    except (OSError, ValueError, TypeError) as error:
+        return [f"data.options ({c.data.source!r} source): {error}"]
+    if c.task not in tasks_of(source):
+        return [
+            f"task {c.task!r} cannot be trained from data source {c.data.source!r}: it has {list(tasks_of(source))}"
+        ]
+    return []
 
 
 def _model_problems(c: Any) -> list[str]:
@@ -232,7 +272,7 @@ def _model_problems(c: Any) -> list[str]:
     from m2f_jax.training import experiment
 
     try:
-        config = experiment.model_config(c, experiment.dataset(c, "train"))
+        config = experiment.model_config(c, experiment.dataset(c, "train"))  # opened by _data_problems
         experiment.check_experiment(c, config)
     except (ValueError, KeyError) as error:
         source = "model.init_from's config" if c.model.init_from else "the model config"

@@ -8,6 +8,8 @@ data stream it was not saved from (orbax would fail with pages of shape errors, 
 May change on resume (reported, then recorded in experiment.json):
 - steps (extend or shorten the run; the schedule follows the new length from the step reached),
   log_every, checkpoint_every, keep_checkpoints, data.eval_images (not used by training);
+- data.workers (the batches do not depend on it), data.max_skipped, and where the data lies
+  (data.options.root, data.options.data_dir: the same data set, moved);
 - fsdp (the state is resharded when restored), remat (same values, less memory),
   compute_dtype, loss.matcher (both solve the same assignment);
 - optimizer.* except accumulation_steps: a deliberate change of the recipe from here on, e.g. a
@@ -30,8 +32,9 @@ from m2f_jax.training.validation import as_dict, flatten
 EXPERIMENT_FILE = "experiment.json"
 MODEL_FILE = "config.json"
 MAY_CHANGE_ON_RESUME = (
-    "steps", "log_every", "checkpoint_every", "keep_checkpoints", "data.eval_images", "fsdp", "remat",
-    "compute_dtype", "loss.matcher", "optimizer.*",
+    "steps", "log_every", "checkpoint_every", "keep_checkpoints", "data.eval_images", "data.workers",
+    "data.max_skipped", "data.options.root", "data.options.data_dir", "fsdp", "remat", "compute_dtype",
+    "loss.matcher", "optimizer.*",
 )  # fmt: skip
 MAY_NOT_CHANGE_ON_RESUME = ("optimizer.accumulation_steps",)  # exceptions to the patterns above
 _ABSENT = "(absent)"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from m2f_jax.data.sources.base import SampleError, Source, check_sample, id2label
+from m2f_jax.data.sources.base import TASKS, SampleError, Source, check_sample, id2label, tasks_of
 
 # kind -> "module:class"; each class takes (split, **options) and documents its options.
 SOURCES = {
@@ -36,4 +36,6 @@ def open_source(kind: str, split: str, **options: Any) -> Source:
     return source_class(kind)(split, **options)
 
 
-__all__ = ["SOURCES", "SampleError", "Source", "check_sample", "id2label", "open_source", "source_class"]
+__all__ = [
+    "SOURCES", "TASKS", "SampleError", "Source", "check_sample", "id2label", "open_source", "source_class", "tasks_of",
+]  # fmt: skip

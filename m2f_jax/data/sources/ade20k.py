@@ -48,6 +48,7 @@ class ADE20K:
         if split not in SPLITS:
             raise ValueError(f"ADE20K split must be one of {sorted(SPLITS)}, got {split!r}")
         self.split, self.root, self.classes = split, os.fspath(root), CLASSES
+        self.tasks = ("semantic",)
         if not os.path.isdir(self.root):
             raise FileNotFoundError(f"ADE20K root {self.root!r} is not a folder (the unzipped ADEChallengeData2016)")
         self.image_dir = os.path.join(self.root, "images", SPLITS[split])

@@ -16,7 +16,9 @@ are made from every panoptic segment). Ignore pixels are 0 in "segments" and bel
 A source has `len()`, `source[i]` (the sample; a file that cannot be read raises `SampleError` naming
 it), `classes` (list of {"id": the data set's own category id, "name", "isthing"}; position = the
 contiguous label), `describe(i)` (the files of sample i, for messages, without reading them) and
-`split`. It is a `grain.RandomAccessDataSource`: the pipeline shuffles, shards and transforms it.
+`split`, and `tasks`: the tasks its annotations can train (a source with one segment per class, such as
+ADE20K's semantic release, has only "semantic"; `tasks_of` gives all three when it is not set). It is
+a `grain.RandomAccessDataSource`: the pipeline shuffles, shards and transforms it.
 """
 
 from __future__ import annotations
@@ -45,6 +47,13 @@ class Source(Protocol):
     def describe(self, index: int) -> str: ...
 
 
+TASKS = ("panoptic", "instance", "semantic")
+
+
+def tasks_of(source: Source) -> tuple[str, ...]:
+    return tuple(getattr(source, "tasks", TASKS))
+
+
 def id2label(source: Source) -> dict[int, str]:
     """Contiguous label -> class name, as a model config's id2label."""
     return {i: str(c["name"]) for i, c in enumerate(source.classes)}
@@ -66,8 +75,11 @@ def check_sample(sample: Mapping[str, Any], num_classes: int, where: str) -> Non
     bad = [s["category_id"] for s in info if not 0 <= s["category_id"] < num_classes]
     if bad:
         raise SampleError(f"{where}: category ids {bad} are outside the {num_classes} classes")
-    unlisted = set(np.unique(segments).tolist()) - {0} - set(ids)
-    if unlisted:  # listed ids absent from the map are allowed (a segment cropped away has no pixels)
+    # Listed ids absent from the map are allowed (a segment with no pixels); unlisted map ids are not.
+    listed = np.sort(np.asarray([0, *ids], np.int64))
+    found = listed[np.minimum(np.searchsorted(listed, segments), len(listed) - 1)]
+    if not np.array_equal(found, segments):  # searchsorted: one pass, no sort of the map
+        unlisted = set(np.unique(segments[found != segments]).tolist())
         raise SampleError(f"{where}: the segment map holds ids {sorted(unlisted)} with no segments_info entry")
 
 

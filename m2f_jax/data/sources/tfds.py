@@ -173,6 +173,14 @@ def _cityscapes(record: Mapping[str, Any], where: str, classes: list[dict]) -> d
 
 
 # builder name (without version) -> (our split -> TFDS split, image fields, decoder, classes).
+# What each data set's annotations can train: scene_parse150 labels only things (stuff is ignore), the
+# cityscapes config only classes (one segment per class, instances merged).
+_TASKS = {
+    "coco/2017_panoptic": ("panoptic", "instance", "semantic"),
+    "scene_parse150": ("instance",),
+    "cityscapes": ("semantic",),
+}
+
 _DATASETS: dict[str, tuple[dict[str, str], tuple[str, ...], Callable, list[dict]]] = {
     "coco/2017_panoptic": (
         {"train": "train", "val": "validation"},
@@ -247,6 +255,7 @@ class TFDSSource:
                     f"COCO's order (first differences: {_differences(names, [c['name'] for c in classes])})"
                 )
         self.split, self.name, self.classes = split, name, classes
+        self.tasks = _TASKS[dataset]
         self._tfds_split, self._dir = splits[split], str(builder.data_dir)
         try:
             self._records = builder.as_data_source(

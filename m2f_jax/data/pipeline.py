@@ -1,0 +1,143 @@
+"""The training input pipeline on grain: source -> seeded shuffle (a new order each epoch) -> this
+process's shard -> read + augment + targets (seeded per example) -> batch -> worker processes.
+
+Every example's randomness comes from (seed, its position in the global stream), so the batches do
+not depend on the number of workers; process p of P takes positions p, p + P, ... of the stream, so
+global batch k is the same set of examples whatever P is (in another row order), and each process
+reads only its own files. The iterator's state (`get_state`: the number of batches taken) goes into
+the checkpoint, so a resumed run sees exactly the batches it would have seen, with any number of
+worker processes.
+
+A sample that cannot be read (`SampleError`: missing or corrupt file) or has more targets than
+`max_instances` is replaced by the next good sample of the source (index + 1, + 2, ...), and its message travels in
+the batch's "skipped" list; the training loop counts them and stops past a limit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import grain
+import numpy as np
+from absl import flags
+
+from m2f_jax.data.batch import TooManySegments, collate, targets
+from m2f_jax.data.sources import SampleError, Source, check_sample
+from m2f_jax.data.transforms import AugmentConfig, augment
+
+_MAX_REPLACEMENTS = 100  # consecutive unreadable samples before an example gives up
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    batch_size: int  # global, over all processes
+    max_instances: int
+    task: str = "panoptic"
+    augment: AugmentConfig = AugmentConfig()
+    seed: int = 0
+    workers: int = 0  # worker processes per host (0: in the training process)
+    prefetch: int = 2  # batches each worker prepares ahead
+
+
+def compact(sample: Mapping[str, Any], num_classes: int, where: str) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """The sample's segment map renumbered 1..n in segments_info order (0 stays 0), and its segments_info
+    with those ids; checks the sample against the source contract first (SampleError if broken)."""
+    check_sample(sample, num_classes, where)
+    info = sample["segments_info"]
+    order = np.argsort([s["id"] for s in info], kind="stable")
+    sorted_ids = np.asarray([info[k]["id"] for k in order] or [0], np.int64)
+    segments = sample["segments"]
+    position = np.searchsorted(sorted_ids, segments)
+    renumber = np.zeros(len(sorted_ids) + 1, np.int32)
+    renumber[: len(order)] = order + 1
+    compacted = np.where(segments > 0, renumber[np.minimum(position, len(order))], 0).astype(np.int32)
+    return compacted, [{**s, "id": k + 1} for k, s in enumerate(info)]
+
+
+class _Example:
+    """Position in the stream -> one training example (picklable: it runs in grain's workers)."""
+
+    def __init__(self, source: Source, config: PipelineConfig):
+        self.source, self.config = source, config
+        self.num_classes = len(source.classes)
+
+    def __call__(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
+        index, skipped = int(index), []
+        for attempt in range(_MAX_REPLACEMENTS):
+            where = (index + attempt) % len(self.source)
+            try:
+                example = self._example(where, rng)
+            except (SampleError, TooManySegments) as error:
+                skipped.append(f"{self.source.describe(where)}: {error}")
+                continue
+            example["skipped"] = skipped
+            return example
+        raise SampleError(f"{_MAX_REPLACEMENTS} consecutive samples could not be read:\n" + "\n".join(skipped))
+
+    def _example(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
+        sample = self.source[index]
+        segments, info = compact(sample, self.num_classes, self.source.describe(index))
+        categories = np.asarray([-1] + [s["category_id"] for s in info], np.int32)
+        image, segments, pixel_mask = augment(sample["image"], segments, categories, self.config.augment, rng)
+        target_map, labels, valid = targets(segments, info, self.config.task, self.config.max_instances)
+        return {"image": image, "pixel_mask": pixel_mask, "target_map": target_map, "class_labels": labels,
+                "mask_valid": valid}  # fmt: skip
+
+
+def _batches(source: Source, config: PipelineConfig, process_index: int, process_count: int) -> grain.MapDataset:
+    if len(source) < 1:
+        raise ValueError(f"the {source.split} split of the data source is empty")
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} is not in [0, process_count={process_count})")
+    if config.batch_size % process_count:
+        raise ValueError(f"the global batch_size {config.batch_size} is not divisible by {process_count} processes")
+    positions = grain.MapDataset.range(len(source)).shuffle(seed=config.seed).repeat()
+    examples = positions.random_map(_Example(source, config), seed=config.seed + 1)
+    mine = examples[process_index::process_count]
+    return mine.batch(config.batch_size // process_count, batch_fn=collate)
+
+
+class TrainBatches:
+    """This process's endless iterator of host batches (m2f_jax.data.batch), `batch_size / process_count`
+    rows each. Its state is the number of batches taken (with the settings that give it meaning), so
+    it resumes exactly whatever the number of worker processes before and after."""
+
+    def __init__(self, source: Source, config: PipelineConfig, process_index: int = 0, process_count: int = 1):
+        self.config, self.num_samples = config, len(source)
+        self._batches = _batches(source, config, process_index, process_count)
+        self.position = 0
+        self._iterator = None
+
+    def __iter__(self) -> TrainBatches:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        if self._iterator is None:
+            stream = self._batches[self.position :].to_iter_dataset()
+            if self.config.workers > 0:
+                if not flags.FLAGS.is_parsed():  # grain's workers read its absl flags; outside an absl app
+                    flags.FLAGS.mark_as_parsed()  # (tests, notebooks) they keep their defaults
+                options = grain.MultiprocessingOptions(
+                    num_workers=self.config.workers, per_worker_buffer_size=self.config.prefetch
+                )
+                stream = stream.mp_prefetch(options)
+            self._iterator = iter(stream)
+        batch = next(self._iterator)
+        self.position += 1
+        return batch
+
+    def get_state(self) -> dict[str, int]:
+        """The position (JSON), with the settings that give it its meaning."""
+        c = self.config
+        return {"batch": self.position, "seed": c.seed, "batch_size": c.batch_size, "num_samples": self.num_samples}
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Continues from a `get_state()` result; one saved with another seed, batch size or data set size raises."""
+        mine = self.get_state()
+        differ = {k: (state.get(k), mine[k]) for k in ("seed", "batch_size", "num_samples") if state.get(k) != mine[k]}
+        position = state.get("batch")
+        if differ or not isinstance(position, int) or position < 0:
+            raise ValueError(f"cannot resume from data state {dict(state)}: (saved, current) differ in {differ}")
+        self.position, self._iterator = position, None
