@@ -43,3 +43,118 @@ def data(
     c.max_skipped = max_skipped
     c.augment = augmentation
     return c
+
+
+# ----------------------------------------------------------------------------------------------------
+# The published recipes (reference/FACTS.md, from the original code's configs)
+
+# A recipe file's argument -> the Swin variant of m2f_jax.config's presets. Swin-B is the ImageNet-21k
+# variant, the one FACTS.md's published Swin-B results come from (the same shapes as "base").
+VARIANTS = {"swin_t": "tiny", "swin_s": "small", "swin_b": "base-IN21k", "swin_l": "large"}
+
+# The preset's fields that the experiment config's model.* section repeats (see `model`).
+_BACKBONE_FIELDS = ("embed_dim", "depths", "num_heads", "window_size", "drop_path_rate")
+_HEAD_FIELDS = (
+    "num_queries", "hidden_dim", "feature_size", "mask_feature_size", "encoder_feedforward_dim",
+    "dim_feedforward", "encoder_layers", "decoder_layers",
+)  # fmt: skip
+
+
+def preset_name(arg: str | None, dataset: str, task: str) -> str:
+    """The model preset of a recipe argument ("swin_t", ...; None: "swin_t"), e.g. "swin-tiny-coco-panoptic"."""
+    arg = arg or "swin_t"
+    if arg not in VARIANTS:
+        raise ValueError(
+            f"unknown backbone {arg!r}: the argument after the config file's ':' is one of {list(VARIANTS)}"
+        )
+    return f"swin-{VARIANTS[arg]}-{dataset}-{task}"
+
+
+def model(preset_name: str) -> ml_collections.ConfigDict:
+    """model.*: `preset` set (it decides the model), and every other field written out with the preset's
+    values, so that the config a run records says what is trained. The backbone starts from random
+    weights: an ImageNet-pretrained Swin is not loaded yet (`init_from` fine-tunes a converted model)."""
+    from m2f_jax.config import preset
+
+    p = preset(preset_name)
+    c = ml_collections.ConfigDict()
+    c.preset = preset_name
+    c.init_from = ""
+    for name in _BACKBONE_FIELDS:
+        c[name] = getattr(p.backbone_config, name)
+    for name in _HEAD_FIELDS:
+        c[name] = getattr(p, name)
+    return c
+
+
+def loss() -> ml_collections.ConfigDict:
+    """loss.*: the paper's matched, point-sampled loss (class 2, mask BCE 5, dice 5, no-object 0.1;
+    12544 = 112 * 112 points, oversampling 3, importance ratio 0.75) on all ten predictions."""
+    return ml_collections.ConfigDict(dict(
+        class_weight=2.0, mask_weight=5.0, dice_weight=5.0, no_object_weight=0.1, num_points=112 * 112,
+        oversample_ratio=3.0, importance_sample_ratio=0.75, matcher="hungarian", auxiliary=True,
+    ))  # fmt: skip
+
+
+def optimizer(schedule: str) -> ml_collections.ConfigDict:
+    """optimizer.*: AdamW lr 1e-4, weight decay 0.05, backbone x0.1, full-model clipping at global norm
+    0.01, no warmup; "multistep": x0.1 at 88.9% and 96.3% of the run (COCO), "poly": power 0.9
+    (ADE20K, Cityscapes)."""
+    c = ml_collections.ConfigDict(dict(
+        learning_rate=1e-4, weight_decay=0.05, backbone_multiplier=0.1, clip_norm=0.01, schedule=schedule,
+        warmup_steps=0, warmup_factor=1.0, accumulation_steps=1,
+    ))  # fmt: skip
+    if schedule == "multistep":
+        c.milestones = (0.889, 0.963)
+        c.gamma = 0.1
+    elif schedule == "poly":
+        c.poly_power = 0.9
+    else:
+        raise ValueError(f"the published recipes use 'multistep' or 'poly', got {schedule!r}")
+    return c
+
+
+def recipe(
+    task: str,
+    source: str,
+    options: dict[str, Any],
+    augmentation: ml_collections.ConfigDict,
+    preset_name: str,
+    steps: int,
+    schedule: str,
+    max_instances: int | None = None,
+) -> ml_collections.ConfigDict:
+    """A whole experiment config with the original's training settings: batch 16, the paper's loss and
+    optimizer, bfloat16 compute, activations recomputed (remat) for crops of 1024x1024 or more.
+    max_instances: target slots per image, the preset's query count unless given (it may not be more)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.task = task
+    model_section = model(preset_name)
+    slots = model_section.num_queries if max_instances is None else max_instances
+    c.data = data(source, options, max_instances=slots, augmentation=augmentation, workers=8)
+    c.model = model_section
+    c.loss = loss()
+    c.optimizer = optimizer(schedule)
+    c.steps = steps
+    c.batch_size = 16  # global, over all processes and devices
+    c.fsdp = 1
+    height, width = augmentation.crop_size
+    c.remat = height * width >= 1024 * 1024  # COCO's LSJ crops: memory, not speed, is the limit there
+    c.compute_dtype = "bfloat16"  # the original trains with AMP; parameters and optimizer stay float32
+    c.log_every = 100
+    c.checkpoint_every = 5000
+    c.keep_checkpoints = 3
+    return c
+
+
+def cityscapes(task: str, arg: str | None) -> ml_collections.ConfigDict:
+    """The Cityscapes recipe of `task` (detectron2's Cityscapes settings): short side 0.5-2.0 x 1024 (long
+    side at most 4096), a 512x1024 crop with the category-area constraint, photometric distortion, flip;
+    batch 16, 90,000 steps, poly. Semantic targets are one per class present, so 19 slots hold them all."""
+    return recipe(
+        task, "cityscapes", {"root": "data/cityscapes"},
+        augment("semantic", (512, 1024), base_size=1024, max_size=4096),
+        preset_name(arg, "cityscapes", task), steps=90_000, schedule="poly",
+        max_instances=19 if task == "semantic" else None,
+    )  # fmt: skip

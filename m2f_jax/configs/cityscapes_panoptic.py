@@ -1,0 +1,27 @@
+"""Cityscapes panoptic segmentation (19 classes: 11 stuff, 8 things) with the original Mask2Former recipe.
+
+Data: the `cityscapes` source at data.options.root = data/cityscapes, gtFine_trainvaltest.zip and
+leftImg8bit_trainvaltest.zip (a manual download) unzipped there: `leftImg8bit/{train,val}/CITY/`
+and `gtFine/{train,val}/CITY/`. docs/data.md says where to get them.
+
+Recipe (reference/FACTS.md and detectron2's Cityscapes settings, `_base.cityscapes`): short side
+0.5-2.0 x 1024 (long side at most 4096), 512x1024 crop, photometric distortion, flip; batch 16,
+90,000 steps, poly (power 0.9), the paper's loss and optimizer. It aims at the original's published
+Cityscapes PQ, which reference/FACTS.md does not list yet. The published runs start from
+ImageNet-pretrained backbones, which are not loaded yet (a later issue): for now the preset's
+architecture trains from random weights.
+
+    python train.py --config configs/cityscapes_panoptic.py:swin_t --workdir runs/cityscapes_panoptic_swin_t
+    python train.py --config configs/cityscapes_panoptic.py:swin_l --workdir runs/cityscapes_panoptic_swin_l \\
+        --config.data.options.root=/datasets/cityscapes
+
+The argument after ':' is swin_t (the default), swin_s, swin_b or swin_l.
+"""
+
+import ml_collections
+
+from m2f_jax.configs._base import cityscapes
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    return cityscapes("panoptic", arg)
