@@ -36,20 +36,27 @@ def changed(**fields):
     return c
 
 
-def test_shipped_configs_are_valid():
+def test_shipped_configs_are_valid(tmp_path):
+    """The demo's config, on its data written where it says (the recipes: tests/test_configs.py)."""
     import importlib.util
+
+    from m2f_jax.data.synthetic import write_coco_panoptic
 
     spec = importlib.util.spec_from_file_location("synthetic_config", SYNTHETIC)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    experiment.validate(module.get_config())
+    c = module.get_config()
+    assert "data/synthetic" in problems(c)[0]  # not written yet: the problem names the folder
+    write_coco_panoptic(tmp_path, "train", 2, image_size=(64, 64))
+    c.data.options.root = str(tmp_path)
+    experiment.validate(c)
     experiment.validate(changed(**{"optimizer.eps": 1e-2, "optimizer.clip_norm": None}))  # optional fields
 
 
 def test_every_problem_is_reported_at_once():
     """The issue's cases, each once failing late (ZeroDivisionError after compiling, or worse)."""
     c = changed(checkpoint_every=0, log_every=0, steps=-1, keep_checkpoints=0, **{
-        "optimizer.accumulation_steps": 0, "data.image_size": (32,)})  # fmt: skip
+        "optimizer.accumulation_steps": 0, "data.augment.crop_size": (32,)})  # fmt: skip
     c.optimizer.learnig_rate = 1e-3  # a typo in a config file (the command line refuses it itself)
     with pytest.raises(ValueError) as error:
         experiment.validate(c)
@@ -61,7 +68,7 @@ def test_every_problem_is_reported_at_once():
         "steps must be >= 1, got -1",
         "keep_checkpoints must be >= 1, got 0",
         "optimizer.accumulation_steps must be >= 1, got 0",
-        "data.image_size must be 2 integers >= 16, e.g. (32, 32), got (32,)",
+        "data.augment.crop_size must be 2 integers >= 1, e.g. (2, 2), got (32,)",
         "optimizer.learnig_rate is not a known field (did you mean 'optimizer.learning_rate'?)",
     ):
         assert expected in message, message
@@ -151,7 +158,8 @@ def test_resume_of_a_workdir_without_experiment_json(started):
     "name, allowed",
     [("steps", True), ("optimizer.learning_rate", True), ("data.eval_images", True), ("loss.matcher", True),
      ("optimizer.accumulation_steps", False), ("model.hidden_dim", False), ("batch_size", False),
-     ("data.image_size", False), ("seed", False), ("loss.dice_weight", False)],
+     ("data.augment.crop_size", False), ("seed", False), ("loss.dice_weight", False), ("data.workers", True),
+     ("data.options.root", True), ("data.source", False), ("data.options.annotation_file", False)],
 )  # fmt: skip
 def test_may_change(name, allowed):
     assert run_record.may_change(name) is allowed

@@ -1,5 +1,6 @@
-"""train.py and eval.py as a user runs them: exact resume after SIGKILL, the loss falling, and the
-evaluation's metrics and overlays (a short version of the README's demo).
+"""train.py and eval.py as a user runs them, on a COCO panoptic folder read by grain worker processes:
+exact resume after SIGKILL, the loss falling, the evaluation's metrics and overlays (a short version
+of the README's demo), and a corrupt image mid-run.
 
 Runs A (2N steps straight), B (killed with SIGKILL after its step-N checkpoint; started once A has
 compiled, so the two overlap) and C (B resumed) share one persistent compilation cache, so the step
@@ -25,13 +26,25 @@ CONFIG = os.path.join(os.path.dirname(__file__), "tiny_experiment.py")
 N = 10  # steps before the kill; the runs train 2N
 
 
-def command(script, workdir, *flags):
-    return [sys.executable, os.path.join(ROOT, script), f"--config={CONFIG}", f"--workdir={workdir}", *flags]
+@pytest.fixture(scope="module")
+def coco(tmp_path_factory):
+    """The synthetic set as a COCO panoptic folder: 32 training and 8 validation images of 32x32."""
+    from m2f_jax.data.synthetic import write_coco_panoptic
+
+    root = tmp_path_factory.mktemp("coco")
+    write_coco_panoptic(root, "train", 32, image_size=(32, 32))
+    write_coco_panoptic(root, "val", 8, image_size=(32, 32), seed=10_000)
+    return str(root)
 
 
-def train_flags(steps=2 * N):
+def command(script, workdir, *flags, data=None):
+    config = f"{CONFIG}:{data}" if data else CONFIG
+    return [sys.executable, os.path.join(ROOT, script), f"--config={config}", f"--workdir={workdir}", *flags]
+
+
+def train_flags(steps=2 * N, workers=1):
     return [f"--config.steps={steps}", f"--config.checkpoint_every={N}", "--config.log_every=1",
-            "--config.model.drop_path_rate=0.2"]  # fmt: skip
+            "--config.model.drop_path_rate=0.2", f"--config.data.workers={workers}"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +83,7 @@ def logged(workdir) -> int:
         return 0
 
 
-def final_state(workdir):
+def final_state(workdir, coco):
     from m2f_jax.config import Mask2FormerConfig
     from m2f_jax.training import experiment
     from m2f_jax.training.checkpoint import Checkpoints
@@ -78,7 +91,7 @@ def final_state(workdir):
 
     from tiny_experiment import get_config
 
-    c = get_config()
+    c = get_config(coco)
     c.model.drop_path_rate = 0.2
     checkpoints = Checkpoints(str(workdir), create=False)
     mesh = make_mesh(1)
@@ -89,17 +102,21 @@ def final_state(workdir):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, env):
+def runs(tmp_path_factory, env, coco):
     """A (2N steps straight), and B (killed with SIGKILL once its step-N checkpoint is committed and
     it has logged a later step) started as soon as A has compiled (A's first step logged), so B loads
     the compiled step from the cache while A trains. Returns their workdirs once A has finished."""
     straight, killed, logs = (tmp_path_factory.mktemp(name) for name in ("straight", "killed", "logs"))
     a_log, b_log = open(logs / "a.log", "w"), open(logs / "b.log", "w")  # noqa: SIM115
-    a = subprocess.Popen(command("train.py", straight, *train_flags()), env=env, stdout=a_log, stderr=subprocess.STDOUT)
+    a = subprocess.Popen(
+        command("train.py", straight, *train_flags(), data=coco), env=env, stdout=a_log, stderr=subprocess.STDOUT
+    )
     deadline = time.time() + 900
     while time.time() < deadline and a.poll() is None and not logged(straight):  # A has compiled: the cache holds it
         time.sleep(0.05)
-    b = subprocess.Popen(command("train.py", killed, *train_flags()), env=env, stdout=b_log, stderr=subprocess.STDOUT)
+    b = subprocess.Popen(
+        command("train.py", killed, *train_flags(), data=coco), env=env, stdout=b_log, stderr=subprocess.STDOUT
+    )
     committed = os.path.join(killed, "checkpoints", str(N))
     while time.time() < deadline and b.poll() is None:  # saves are asynchronous: wait for the commit
         if os.path.isdir(committed) and logged(killed) > N:
@@ -121,20 +138,20 @@ def straight(runs):
 
 
 @pytest.fixture(scope="module")
-def killed_and_resumed(runs, env):
-    """C: B resumed."""
-    resumed = run(command("train.py", runs[1], *train_flags()), env)
-    assert f"resumed from step {N}" in resumed
+def killed_and_resumed(runs, env, coco):
+    """C: B resumed, with the data read in the training process (the data state does not depend on it)."""
+    resumed = run(command("train.py", runs[1], *train_flags(workers=0), data=coco), env)
+    assert f"resumed from step {N}" in resumed and "data.workers: 1 -> 0" in resumed, resumed
     return runs[1]
 
 
-def test_resume_after_sigkill_is_exact(straight, killed_and_resumed):
+def test_resume_after_sigkill_is_exact(straight, killed_and_resumed, coco):
     a_losses, a_steps = losses(straight)
     b_losses, b_steps = losses(killed_and_resumed)
     assert a_steps == b_steps == list(range(1, 2 * N + 1))
     np.testing.assert_array_equal(b_losses, a_losses)
-    (a, a_data), (b, b_data) = final_state(straight), final_state(killed_and_resumed)
-    assert a_data == b_data and a_data["step"] == 2 * N
+    (a, a_data), (b, b_data) = final_state(straight, coco), final_state(killed_and_resumed, coco)
+    assert a_data == b_data and a_data["iterator"]["batch"] == 2 * N and a_data["skipped"] == 0
     assert int(a.step) == int(b.step) == 2 * N
     import jax
 
@@ -152,8 +169,8 @@ def test_loss_falls(straight):
     assert np.mean(values[-5:]) < 0.9 * values[0], values  # 0.84 here; the demo goes much further
 
 
-def test_eval_writes_metrics_and_overlays(straight, env):
-    out = run(command("eval.py", straight, "--overlays=2", "--batch_size=4"), env)
+def test_eval_writes_metrics_and_overlays(straight, env, coco):
+    out = run(command("eval.py", straight, "--overlays=2", "--batch_size=4", data=coco), env)
     assert "mIoU" in out and "PQ" in out
     with open(os.path.join(straight, "eval", "metrics.json")) as f:
         metrics = json.load(f)
@@ -184,13 +201,13 @@ def test_bad_config_and_flags_fail_before_any_work(tmp_path, env):
     with ZeroDivisionError after compiling, or deleted every checkpoint (keep_checkpoints=0)."""
     workdir = tmp_path / "never"
     bad = ["--config.checkpoint_every=0", "--config.log_every=0", "--config.optimizer.accumulation_steps=0",
-           "--config.steps=-1", "--config.data.image_size=(32,)", "--config.keep_checkpoints=0"]  # fmt: skip
+           "--config.steps=-1", "--config.data.augment.crop_size=(32,)", "--config.keep_checkpoints=0"]  # fmt: skip
     evaluating = start(command("eval.py", workdir, "--batch_size", "0", "--overlays=-1", "--step=-2"), env)
     train = fails(command("train.py", workdir, *bad), env)
     for expected in ("train.py: the experiment config has 6 problem(s):", "checkpoint_every must be >= 1, got 0",
                      "log_every must be >= 1, got 0", "optimizer.accumulation_steps must be >= 1, got 0",
-                     "steps must be >= 1, got -1", "data.image_size must be 2 integers >= 16, e.g. (32, 32), got (32,)",
-                     "keep_checkpoints must be >= 1, got 0"):  # fmt: skip
+                     "steps must be >= 1, got -1", "keep_checkpoints must be >= 1, got 0",
+                     "data.augment.crop_size must be 2 integers >= 1, e.g. (2, 2), got (32,)"):  # fmt: skip
         assert expected in train, train
     evaluate = finished(evaluating, code=1)
     for expected in ("--batch_size must be >= 1, got 0", "--overlays must be >= 0, got -1", "--step must be >= 0"):
@@ -198,7 +215,7 @@ def test_bad_config_and_flags_fail_before_any_work(tmp_path, env):
     assert not workdir.exists()
 
 
-def test_resume_with_a_changed_config(straight, env):
+def test_resume_with_a_changed_config(straight, env, coco):
     """A changed model or batch is refused with the fields' saved and new values before anything is
     restored (once: pages of orbax errors), and the workdir is left as it was; bookkeeping may change;
     steps below the checkpoint's are refused. The three runs only read the workdir: run together."""
@@ -206,9 +223,9 @@ def test_resume_with_a_changed_config(straight, env):
     with open(os.path.join(straight, "experiment.json")) as f:
         recorded = f.read()
     changed = start(command("train.py", straight, *train_flags(), "--config.model.hidden_dim=32",
-                            "--config.batch_size=16"), env)  # fmt: skip
-    bookkeeping = start(command("train.py", straight, *train_flags(), "--config.log_every=5"), env)
-    shorter = start(command("train.py", straight, *train_flags(steps=N)), env)
+                            "--config.batch_size=16", data=coco), env)  # fmt: skip
+    bookkeeping = start(command("train.py", straight, *train_flags(), "--config.log_every=5", data=coco), env)
+    shorter = start(command("train.py", straight, *train_flags(steps=N), data=coco), env)
     error = finished(changed, code=1)
     assert f"cannot resume the checkpoint at step {2 * N}" in error and len(error.splitlines()) < 8, error
     assert "  batch_size: 8 -> 16" in error and "  model.hidden_dim: 64 -> 32" in error, error
@@ -218,3 +235,23 @@ def test_resume_with_a_changed_config(straight, env):
     assert sorted(os.listdir(os.path.join(straight, "checkpoints"))) == checkpoints
     with open(os.path.join(straight, "experiment.json")) as f:
         assert f.read() == recorded
+
+
+def test_a_corrupt_image_mid_run_is_skipped_and_reported(tmp_path, env, coco):
+    """One training image replaced by garbage: the run names it and goes on, and stops, with a checkpoint
+    of the step reached, once more than data.max_skipped samples were skipped (0 here)."""
+    import shutil
+
+    root = tmp_path / "coco"
+    shutil.copytree(coco, root)
+    broken = root / "train2017" / sorted(os.listdir(root / "train2017"))[5]
+    broken.write_bytes(b"not an image")
+    workdir = tmp_path / "run"
+    flags = [*train_flags(steps=4, workers=0), "--config.data.max_skipped=0"]  # 4 steps of 8: every image once
+    error = fails(command("train.py", workdir, *flags, data=str(root)), env)
+    assert f"skipped a sample: {broken}" in error and "cannot read" in error, error
+    assert "1 samples could not be read, more than data.max_skipped=0" in error and str(broken) in error, error
+    stopped = int(error.split("stopped at step ")[1].split(" ")[0])
+    assert os.listdir(workdir / "checkpoints") == [str(stopped)]
+    with open(workdir / "metrics.jsonl") as f:
+        assert json.loads(f.readlines()[-1])["skipped_images"] == 1
