@@ -59,7 +59,7 @@ def augment(
     """(image uint8 (H, W, 3), segment ids int32 (H, W)) -> (image, segments, pixel_mask) at `crop_size`.
 
     categories: a lookup from segment id to category (-1 for none), used by the category-area
-    constraint; it is only read when `max_category_area < 1` or the crop is retried."""
+    constraint; it is only read when `max_category_area < 1`."""
     height, width = image.shape[:2]
     crop_h, crop_w = config.crop_size
     if config.kind == "flip":
@@ -93,10 +93,13 @@ def _random_offset(rng, height: int, width: int, scale: float, crop: tuple[int, 
 
 
 def _constrained_offset(rng, segments: np.ndarray, categories: np.ndarray, scale: float, config: AugmentConfig):
-    """detectron2's RandomCrop_CategoryAreaConstraint: up to 10 random crops, the first whose labelled
-    pixels hold more than one category with none covering `max_category_area` or more (the counts are
-    taken on the source pixels under the crop, which the nearest-neighbour resize keeps in proportion)."""
+    """detectron2's RandomCrop_CategoryAreaConstraint: one random crop when `max_category_area` is 1 (no
+    constraint), else up to 10 random crops, the first whose labelled pixels hold more than one category
+    with none covering `max_category_area` or more (the counts are taken on the source pixels under the
+    crop, which the nearest-neighbour resize keeps in proportion)."""
     height, width = segments.shape
+    if config.max_category_area >= 1:  # retrying here would favour crops with several categories
+        return _random_offset(rng, height, width, scale, config.crop_size)
     for _ in range(10):
         top, left = _random_offset(rng, height, width, scale, config.crop_size)
         y0, x0 = int(top / scale), int(left / scale)
