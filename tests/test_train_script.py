@@ -128,7 +128,10 @@ def runs(tmp_path_factory, env, coco):
     a_log.close(), b_log.close()
     assert a.returncode == 0, (logs / "a.log").read_text()[-4000:]
     assert b.returncode == -signal.SIGKILL, f"B ended before the kill: {(logs / 'b.log').read_text()[-3000:]}"
-    assert sorted(os.listdir(os.path.join(killed, "checkpoints"))) == [str(N)], "the kill came after step 2N"
+    # Committed checkpoints only: the kill may land while step 2N is being saved (its temporary folder,
+    # which a resume ignores and removes).
+    committed = [d for d in os.listdir(os.path.join(killed, "checkpoints")) if d.isdigit()]
+    assert committed == [str(N)], "the kill came after step 2N was saved"
     return straight, killed
 
 

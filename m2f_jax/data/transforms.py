@@ -4,9 +4,10 @@ All three recipes of the original give an image of exactly `crop_size` (padded w
 is smaller) and a `pixel_mask` of its real pixels:
 - "lsj" (COCO): horizontal flip, resize so the image fits in `scale * crop_size` with scale uniform in
   [min_scale, max_scale] (0.1-2.0 of 1024), a random `crop_size` crop where larger, padding where smaller.
-- "semantic" (ADE20K, Cityscapes): resize the short side to `scale * base_size` (0.5-2.0), the long side
-  capped at `max_size`; a random crop, retried up to 10 times while one category covers `max_category_area`
-  or more of the crop's labelled pixels; photometric distortion; flip; padding.
+- "semantic" (ADE20K, Cityscapes): resize the short side to `scale * base_size` (scale one of 0.5, 0.6,
+  ..., 2.0), the long side capped at `max_size`; a random crop, retried up to 10 times while one category
+  covers `max_category_area` or more of the crop's labelled pixels (one crop when that is 1, as the
+  original); photometric distortion; flip; padding.
 - "flip": flip only; images must be at most `crop_size` (padded to it). For data already at model size.
 
 Speed: the crop is cut from the source image before resampling (PIL's `resize(box=...)` resamples
@@ -71,7 +72,7 @@ def augment(
         scale = min(jitter * crop_h / height, jitter * crop_w / width)
         top, left = _random_offset(rng, height, width, scale, config.crop_size)
     else:
-        short = rng.uniform(config.min_scale, config.max_scale) * config.base_size
+        short = rng.choice(semantic_scales(config)) * config.base_size
         scale = min(short / min(height, width), config.max_size / max(height, width))
         top, left = _constrained_offset(rng, segments, categories, scale, config)
     image, segments = _resized_crop(image, segments, scale, top, left, config.crop_size)
@@ -80,6 +81,13 @@ def augment(
     if config.flip and rng.random() < 0.5:
         image, segments = image[:, ::-1], segments[:, ::-1]
     return _pad(image, segments, config.crop_size)
+
+
+def semantic_scales(config: AugmentConfig) -> np.ndarray:
+    """The short-side scales the "semantic" recipe draws from: min_scale to max_scale in steps of 0.1, as
+    the original's list of sizes (int(x * 0.1 * base) for x in 5..20) chosen from uniformly."""
+    steps = int(round((config.max_scale - config.min_scale) / 0.1))
+    return config.min_scale + 0.1 * np.arange(steps + 1)
 
 
 def _scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
