@@ -2,9 +2,10 @@
 process's shard -> read + augment + targets (seeded per example) -> batch -> worker processes.
 
 Every example's randomness comes from (seed, its position in the global stream), so the batches do
-not depend on the number of workers; process p of P takes positions p, p + P, ... of the stream, so
-global batch k is the same set of examples whatever P is (in another row order), and each process
-reads only its own files. The iterator's state (`get_state`: the number of batches taken) goes into
+not depend on the number of workers; global batch k is positions [k*B, (k+1)*B) of the stream and
+process p of P takes its rows [p*B/P, (p+1)*B/P), so the processes' batches concatenated in process
+order are the batch one process would make (the order `jax.make_array_from_process_local_data`
+assembles), and each process reads only its own files. The iterator's state (`get_state`: the number of batches taken) goes into
 the checkpoint, so a resumed run sees exactly the batches it would have seen, with any number of
 worker processes.
 
@@ -95,8 +96,11 @@ def _batches(source: Source, config: PipelineConfig, process_index: int, process
         raise ValueError(f"the global batch_size {config.batch_size} is not divisible by {process_count} processes")
     positions = grain.MapDataset.range(len(source)).shuffle(seed=config.seed).repeat()
     examples = positions.random_map(_Example(source, config), seed=config.seed + 1)
-    mine = examples[process_index::process_count]
-    return mine.batch(config.batch_size // process_count, batch_fn=collate)
+    # Global batch k is the consecutive rows [k*B, (k+1)*B) of the stream; process p takes its rows
+    # [k*B + p*b, k*B + (p+1)*b): every b-row slice, then every P-th slice from the p-th (lazy: only
+    # those examples are read).
+    slices = examples.batch(config.batch_size // process_count, batch_fn=collate)
+    return slices[process_index::process_count]
 
 
 class TrainBatches:
