@@ -252,7 +252,7 @@ def test_a_corrupt_image_mid_run_is_skipped_and_reported(tmp_path, env, coco):
     workdir = tmp_path / "run"
     flags = [*train_flags(steps=4, workers=0), "--config.data.max_skipped=0"]  # 4 steps of 8: every image once
     error = fails(command("train.py", workdir, *flags, data=str(root)), env)
-    assert f"skipped a sample: {broken}" in error and "cannot read" in error, error
+    assert f"skipped a sample: image '{broken}'" in error and "cannot read" in error, error
     assert "1 samples could not be read, more than data.max_skipped=0" in error and str(broken) in error, error
     stopped = int(error.split("stopped at step ")[1].split(" ")[0])
     assert os.listdir(workdir / "checkpoints") == [str(stopped)]

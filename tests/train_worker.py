@@ -45,13 +45,15 @@ def main() -> None:
         devices = jax.devices()[: data * fsdp] if jax.process_count() == 1 else jax.devices()
         mesh = make_mesh(fsdp, devices=devices)
         batches = experiment.train_batches(c, jax.process_index(), jax.process_count())
-        model_config = experiment.model_config(c, batches.dataset)
+        model_config = experiment.model_config(c, experiment.dataset(c, "train"))
         opt_config, _ = experiment.optimizer_config(c)
         graphdef, state = experiment.initial_state(c, model_config, opt_config, mesh)
         step = experiment.jitted_train_step(c, model_config, graphdef, opt_config, state, mesh)
         losses = []
         for _ in range(c.steps):
-            state, metrics = step(state, global_batch(next(batches), mesh))
+            batch = next(batches)
+            assert not batch.pop("skipped")
+            state, metrics = step(state, global_batch(batch, mesh))
             losses.append(float(metrics["loss"]))
         gathered = multihost_utils.process_allgather(state.params, tiled=True)
         flat = jax.tree_util.tree_flatten_with_path(gathered)[0]
