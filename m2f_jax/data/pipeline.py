@@ -5,9 +5,9 @@ Every example's randomness comes from (seed, its position in the global stream),
 not depend on the number of workers; global batch k is positions [k*B, (k+1)*B) of the stream and
 process p of P takes its rows [p*B/P, (p+1)*B/P), so the processes' batches concatenated in process
 order are the batch one process would make (the order `jax.make_array_from_process_local_data`
-assembles), and each process reads only its own files. The iterator's state (`get_state`: the number of batches taken) goes into
-the checkpoint, so a resumed run sees exactly the batches it would have seen, with any number of
-worker processes.
+assembles), and each process reads only its own files. The iterator's state (`get_state`: the number
+of batches taken) goes into the checkpoint, so a resumed run sees exactly the batches it would have
+seen, with any number of worker processes.
 
 A sample that cannot be read (`SampleError`: missing or corrupt file) or has more targets than
 `max_instances` is replaced by the next good sample of the source (index + 1, + 2, ...), and its message travels in
@@ -119,8 +119,9 @@ class TrainBatches:
 
     def __next__(self) -> dict[str, Any]:
         if self._iterator is None:
-            # grain's default ReadOptions read 500 elements (here: batches) ahead in 16 threads, in every
-            # process: gigabytes of host memory at 1024 x 1024. Read `prefetch` batches ahead instead.
+            # grain's default ReadOptions (16 threads, 500 elements ahead) would build up to 500 batches
+            # ahead of the training loop (~40 GB at batch 16 of 1024x1024) in every process and hold back
+            # the first batch until 16 are done: read `prefetch` batches ahead, in as many threads.
             ahead = max(self.config.prefetch, 1)
             read = grain.ReadOptions(num_threads=ahead, prefetch_buffer_size=ahead)
             stream = self._batches[self.position :].to_iter_dataset(read)
