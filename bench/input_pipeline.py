@@ -196,8 +196,7 @@ def throughput(source, config, batches: int) -> dict:
     for _ in range(batches):
         batch = next(stream)
     wall, cpu, all_cpu = time.perf_counter() - wall, time.process_time() - cpu, tree_cpu_s() - all_cpu
-    if stream._iterator is not None and hasattr(stream._iterator, "close"):
-        stream._iterator.close()  # stops the worker processes now rather than at garbage collection
+    stream.close()  # stops the worker processes now rather than at garbage collection
     images = batches * config.batch_size
     cores = max(1, config.workers)
     arrays = [v for v in batch.values() if isinstance(v, np.ndarray)]

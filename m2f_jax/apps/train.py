@@ -168,6 +168,7 @@ def main(argv) -> int:
                     "data.max_skipped, then resume. This process's:\n  " + "\n  ".join(skipped)
                 )
     finally:
+        batches.close()  # the data workers
         log.close()
         checkpoints.close()  # waits for the save in flight, on every way out
     if lead:

@@ -137,6 +137,13 @@ class TrainBatches:
         self.position += 1
         return batch
 
+    def close(self) -> None:
+        """Stops the reading threads and worker processes now (not at garbage collection); a later
+        `next` starts them again from the same position."""
+        if self._iterator is not None:
+            self._iterator.close()
+            self._iterator = None
+
     def get_state(self) -> dict[str, int]:
         """The position (JSON), with the settings that give it its meaning."""
         c = self.config
@@ -149,4 +156,5 @@ class TrainBatches:
         position = state.get("batch")
         if differ or not isinstance(position, int) or position < 0:
             raise ValueError(f"cannot resume from data state {dict(state)}: (saved, current) differ in {differ}")
-        self.position, self._iterator = position, None
+        self.close()
+        self.position = position
