@@ -133,7 +133,7 @@ def _host_batch(max_instances: int):
         image_p, seg_p, mask = augment(image, seg, np.zeros(1, np.int32), config, rng)
         target_map, labels, valid = targets(seg_p, info, "panoptic", max_instances)
         examples.append({"image": image_p, "pixel_mask": mask, "target_map": target_map, "class_labels": labels,
-                         "mask_valid": valid, "skipped": []})  # fmt: skip
+                         "mask_valid": valid, "skipped": [], "over_full": []})  # fmt: skip
     return images, maps, infos, collate(examples)
 
 
@@ -142,7 +142,7 @@ def test_model_inputs_match_the_image_processor():
 
     max_instances = 6
     images, maps, infos, batch = _host_batch(max_instances)
-    assert set(batch) == {*KEYS, "skipped"} and batch["image"].shape == (2, 4, 5, 3)
+    assert set(batch) == {*KEYS, "skipped", "over_full"} and batch["image"].shape == (2, 4, 5, 3)
     processor = ImageProcessor()
     pixels, mask, masks = jax.jit(lambda b: model_inputs(b, processor.normalize))({k: batch[k] for k in KEYS})
     pixels, mask, masks = np.asarray(pixels), np.asarray(mask), np.asarray(masks)
@@ -243,11 +243,11 @@ def take(batches, n):
 def assert_same_batches(a, b):
     assert len(a) == len(b)
     for x, y in zip(a, b, strict=True):
-        assert set(x) == set(y) == {*KEYS, "skipped"}
+        assert set(x) == set(y) == {*KEYS, "skipped", "over_full"}
         for k in KEYS:
             assert x[k].dtype == y[k].dtype
             np.testing.assert_array_equal(x[k], y[k])
-        assert x["skipped"] == y["skipped"]
+        assert x["skipped"] == y["skipped"] and x["over_full"] == y["over_full"]
 
 
 def differ(a, b):
@@ -425,8 +425,8 @@ def test_too_many_segments_is_skipped_with_a_message():
     batches = take(TrainBatches(source, flip_config((12, 16), max_instances=3, flip=False)), 1)  # one epoch
     (batch,) = batches
     assert batch["image"].shape[0] == 4
-    assert len(batch["skipped"]) == 1
-    assert "list sample 1" in batch["skipped"][0] and "max_instances=3" in batch["skipped"][0]
+    assert len(batch["over_full"]) == 1 and not batch["skipped"]
+    assert "list sample 1" in batch["over_full"][0] and "max_instances=3" in batch["over_full"][0]
     found = assert_rows_are_their_samples(batches, samples, "panoptic", 3)
     assert sorted(i for i, _ in found) == [0, 2, 2, 3]
 

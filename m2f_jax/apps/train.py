@@ -101,6 +101,7 @@ def main(argv) -> int:
     step_fn = experiment.jitted_train_step(c, model_config, graphdef, opt_config, state, mesh)
     skipped: list[str] = []  # this process's samples that could not be read, since this start
     skipped_before = 0  # all processes' skipped samples before this start
+    over_full: set[str] = set()  # this process's samples with more targets than slots (not counted as skipped)
     if resume_from is not None:
         state, data_state = checkpoints.restore(state, resume_from)
         # Every process's iterator state is the same (positions within its own shard), so the one
@@ -133,6 +134,10 @@ def main(argv) -> int:
             for message in local.pop("skipped"):
                 print(f"train.py: skipped a sample: {message}", file=sys.stderr, flush=True)
                 skipped.append(message)
+            for message in set(local.pop("over_full")) - over_full:  # met again every epoch: said once
+                print(f"train.py: skipped a sample with more targets than data.max_instances: {message}",
+                      file=sys.stderr, flush=True)  # fmt: skip
+                over_full.add(message)
             check_batch(local, model_config.num_labels, step)
             state, metrics = step_fn(state, global_batch(local, mesh))
             done = step + 1
@@ -154,6 +159,7 @@ def main(argv) -> int:
                     learning_rate=float(schedule(done - 1)),
                     images_per_s=rate * c.batch_size,
                     skipped_images=total_skipped,
+                    over_full_images=len(over_full),
                 )
                 log.write(done, scalars, eta_s=(c.steps - done) / rate if rate > 0 else None)  # NaN > 0 is False
             if done % c.checkpoint_every == 0 or done == c.steps or too_many_skipped:

@@ -84,10 +84,11 @@ def targets(
 
 
 def collate(examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Stacks examples (each with KEYS and "skipped", a list of messages) into a host batch; "skipped"
-    becomes the concatenated list, for the training loop to count and report."""
+    """Stacks examples (each with KEYS, and "skipped" and "over_full": lists of messages about the samples
+    they replaced) into a host batch; the two lists are concatenated, for the training loop to report."""
     batch = {k: np.stack([e[k] for e in examples]) for k in KEYS}
-    batch["skipped"] = [message for e in examples for message in e["skipped"]]
+    for key in ("skipped", "over_full"):
+        batch[key] = [message for e in examples for message in e[key]]
     return batch
 
 

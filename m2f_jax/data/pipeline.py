@@ -10,8 +10,9 @@ of batches taken) goes into the checkpoint, so a resumed run sees exactly the ba
 seen, with any number of worker processes.
 
 A sample that cannot be read (`SampleError`: missing or corrupt file) or has more targets than
-`max_instances` is replaced by the next good sample of the source (index + 1, + 2, ...), and its message travels in
-the batch's "skipped" list; the training loop counts them and stops past a limit.
+`max_instances` is replaced by the next good sample of the source (index + 1, + 2, ...), and its message
+travels in the batch's "skipped" or "over_full" list: the training loop counts unreadable samples and
+stops past a limit, and reports each over-full one once (a property of the data, met every epoch).
 """
 
 from __future__ import annotations
@@ -65,17 +66,22 @@ class _Example:
         self.num_classes = len(source.classes)
 
     def __call__(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
-        index, skipped = int(index), []
+        index, skipped, over_full = int(index), [], []
         for attempt in range(_MAX_REPLACEMENTS):
             where = (index + attempt) % len(self.source)
             try:
                 example = self._example(where, rng)
-            except (SampleError, TooManySegments) as error:
+            except SampleError as error:
                 skipped.append(f"{self.source.describe(where)}: {error}")
                 continue
-            example["skipped"] = skipped
+            except TooManySegments as error:
+                over_full.append(f"{self.source.describe(where)}: {error}")
+                continue
+            example.update(skipped=skipped, over_full=over_full)
             return example
-        raise SampleError(f"{_MAX_REPLACEMENTS} consecutive samples could not be read:\n" + "\n".join(skipped))
+        raise SampleError(
+            f"{_MAX_REPLACEMENTS} consecutive samples could not be used:\n" + "\n".join(skipped + over_full)
+        )
 
     def _example(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
         sample = self.source[index]
