@@ -178,7 +178,7 @@ def _cityscapes(record: Mapping[str, Any], where: str, classes: list[dict]) -> d
 _TASKS = {
     "coco/2017_panoptic": ("panoptic", "instance", "semantic"),
     "scene_parse150": ("instance",),
-    "cityscapes": ("semantic",),
+    "cityscapes/semantic_segmentation": ("semantic",),
 }
 
 _DATASETS: dict[str, tuple[dict[str, str], tuple[str, ...], Callable, list[dict]]] = {
