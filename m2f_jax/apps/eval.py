@@ -76,6 +76,7 @@ def main(argv) -> int:
         sys.exit(f"eval.py: {error}; train first")
     step = checkpoints.latest_step() if _STEP.value is None else _STEP.value
     if step is None or step not in checkpoints.all_steps():
+        checkpoints.close()
         sys.exit(
             f"eval.py: no checkpoint {'' if step is None else step} in {checkpoints.directory} "
             f"(there are {checkpoints.all_steps() or 'none'}); train first"
@@ -83,12 +84,14 @@ def main(argv) -> int:
     try:
         data = experiment.dataset(c, "val")
     except (OSError, ValueError) as error:
+        checkpoints.close()
         sys.exit(f"eval.py: data.source {c.data.source!r}: {error}")
     count = min(len(data), c.data.eval_images or len(data))
     model_config = Mask2FormerConfig.load(workdir)
     try:  # a checkpoint restored into another optimizer layout would fail with pages of orbax errors
         run_record.check_evaluate(workdir, c, step)
     except ValueError as error:
+        checkpoints.close()
         sys.exit(f"eval.py: {error}")
     opt_config, _ = experiment.optimizer_config(c)
     mesh = make_mesh(1, devices=jax.local_devices()[:1])

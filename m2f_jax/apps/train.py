@@ -78,13 +78,18 @@ def main(argv) -> int:
 
     checkpoints = Checkpoints(workdir, keep=c.keep_checkpoints)
     resume_from = checkpoints.latest_step()
+
+    def refuse(message: str) -> None:
+        checkpoints.close()  # orbax's background clean-up must end before the interpreter does
+        sys.exit(f"train.py: {message}")
+
     if resume_from is not None:
         try:
             changes = run_record.check_resume(workdir, c, model_config, resume_from)
         except ValueError as error:
-            sys.exit(f"train.py: {error}")
+            refuse(str(error))
         if resume_from > c.steps:
-            sys.exit(f"train.py: steps={c.steps} but {workdir} holds a checkpoint at step {resume_from}; raise steps")
+            refuse(f"steps={c.steps} but {workdir} holds a checkpoint at step {resume_from}; raise steps")
         if changes and lead:
             print(run_record.describe_changes(changes), flush=True)
         if resume_from == c.steps:
