@@ -46,9 +46,11 @@ def test_shipped_configs_are_valid(tmp_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     c = module.get_config()
-    assert "data/synthetic" in problems(c)[0]  # not written yet: the problem names the folder
-    write_coco_panoptic(tmp_path, "train", 2, image_size=(64, 64))
-    c.data.options.root = str(tmp_path)
+    assert c.data.options.root == "data/synthetic"  # where scripts/demo.sh writes it
+    c.data.options.root = str(tmp_path / "coco")
+    missing = f"data.options ('coco_panoptic' source): COCO root folder {c.data.options.root!r} does not exist"
+    assert problems(c) == [missing]
+    write_coco_panoptic(tmp_path / "coco", "train", 2, image_size=(64, 64))
     experiment.validate(c)
     experiment.validate(changed(**{"optimizer.eps": 1e-2, "optimizer.clip_norm": None}))  # optional fields
 
