@@ -53,3 +53,8 @@ def nhwc(x) -> np.ndarray:
 
 def max_diff(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+
+
+# XLA options for steps the tests compile only to compare them: optimisation level 0 compiles in about
+# half the time and computes the same values (the suite must fit 15 minutes on 2 cores).
+FAST_COMPILE = {"xla_backend_optimization_level": 0}

@@ -29,6 +29,7 @@ from m2f_jax.training import experiment
 from m2f_jax.training.mesh import global_batch, make_mesh
 from m2f_jax.training.step import check_batch
 
+from helpers import FAST_COMPILE
 from tiny_experiment import get_config
 
 # pycocotools' decode warns about numpy 2's copy keyword on every call; nothing here to act on
@@ -296,7 +297,7 @@ def test_one_compiled_step_trains_on_every_source(cases):
     assert config.num_labels == 150 and config.num_queries == MAX_INSTANCES
     opt_config, _ = experiment.optimizer_config(c)
     graphdef, state = experiment.initial_state(c, config, opt_config, mesh)
-    step = experiment.jitted_train_step(c, config, graphdef, opt_config, state, mesh)
+    step = experiment.jitted_train_step(c, config, graphdef, opt_config, state, mesh, FAST_COMPILE)
     augment = AugmentConfig(kind="lsj", crop_size=(32, 32))
     for k, (name, source) in enumerate(sources.items()):
         pipeline = PipelineConfig(

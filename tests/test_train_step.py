@@ -17,6 +17,7 @@ from m2f_jax.training import experiment
 from m2f_jax.training.mesh import global_batch, make_mesh
 from m2f_jax.training.step import cast_floating, check_batch
 
+from helpers import FAST_COMPILE
 from tiny_experiment import get_config
 
 
@@ -34,7 +35,7 @@ def setup():
     graphdef, state = experiment.initial_state(c, config, opt_config, mesh)
     remat = c.copy_and_resolve_references()
     remat.remat = True  # the awkward batches go through the rematerialised step
-    step = experiment.jitted_train_step(remat, config, graphdef, opt_config, state, mesh)
+    step = experiment.jitted_train_step(remat, config, graphdef, opt_config, state, mesh, FAST_COMPILE)
     return c, mesh, batches, config, state, step
 
 
@@ -106,7 +107,7 @@ def one_step(c, mesh, batches, config, **changes):
     c.update(changes)
     opt_config, _ = experiment.optimizer_config(c)
     graphdef, state = experiment.initial_state(c, config, opt_config, mesh)
-    step = experiment.jitted_train_step(c, config, graphdef, opt_config, state, mesh)
+    step = experiment.jitted_train_step(c, config, graphdef, opt_config, state, mesh, FAST_COMPILE)
     state, metrics = step(state, global_batch(batches[0], mesh))
     return float(metrics["loss"]), host_params(state)
 
@@ -128,7 +129,7 @@ def test_bfloat16_forward_follows_float32(setup):
     _, _, batches, config, _, _ = setup
     model = Mask2FormerForUniversalSegmentation(config, rngs=nnx.Rngs(0))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    forward = jax.jit(lambda p, x: nnx.merge(graphdef, p, rest)(x))
+    forward = jax.jit(lambda p, x: nnx.merge(graphdef, p, rest)(x), compiler_options=FAST_COMPILE)
     pixels, _, _ = model_inputs(batches[0], ImageProcessor().normalize)
     full = forward(params, pixels)
     half = forward(cast_floating(params, jnp.bfloat16), pixels.astype(jnp.bfloat16))

@@ -159,10 +159,18 @@ def initial_state(
 
 
 def jitted_train_step(
-    c: Any, config: Mask2FormerConfig, graphdef: nnx.GraphDef, opt_config: OptimizerConfig, state: TrainState, mesh
+    c: Any,
+    config: Mask2FormerConfig,
+    graphdef: nnx.GraphDef,
+    opt_config: OptimizerConfig,
+    state: TrainState,
+    mesh,
+    compiler_options: dict[str, Any] | None = None,
 ):
     """The step under jax.jit: the state keeps its shardings and is donated; the batch is split
-    over every device; the metrics come back replicated."""
+    over every device; the metrics come back replicated. compiler_options: XLA's, for this step only
+    (the tests compile at {"xla_backend_optimization_level": 0}: the same values, compiled in half the
+    time)."""
     tx = build_optimizer(opt_config, state.params)
     losses = loss_config(c, config)
     step = make_train_step(
@@ -174,4 +182,5 @@ def jitted_train_step(
         in_shardings=(shardings, batch_sharding(mesh)),
         out_shardings=(shardings, replicated(mesh)),
         donate_argnums=0,
+        compiler_options=compiler_options,
     )
