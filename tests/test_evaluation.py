@@ -374,3 +374,31 @@ def test_panoptic_segments_of_the_jitted_result_equal_the_host_post_processing()
         np.testing.assert_allclose([s["score"] for s in ours["segments_info"]],
                                    [s["score"] for s in host[b]["segments_info"]], atol=1e-5)  # fmt: skip
     assert sum(len(h["segments_info"]) for h in host) >= 4
+
+
+def test_evaluate_refuses_images_of_several_sizes_before_the_forward():
+    """evaluate() batches one image size: a second size is named (its file) before anything compiles."""
+    from flax import nnx
+
+    from m2f_jax.evaluation.evaluate import evaluate
+    from m2f_jax.modeling import Mask2FormerForUniversalSegmentation
+
+    from helpers import tiny_config
+
+    class TwoSizes:
+        split, classes = "val", [{"id": i, "name": f"c{i}", "isthing": i > 2} for i in range(5)]
+
+        def __len__(self):
+            return 2
+
+        def describe(self, index):
+            return f"image_{index}.png"
+
+        def __getitem__(self, index):
+            size = (32, 32) if index == 0 else (32, 48)
+            return {"image": np.zeros((*size, 3), np.uint8), "segments": np.zeros(size, np.int32),
+                    "segments_info": [], "name": self.describe(index)}  # fmt: skip
+
+    model = Mask2FormerForUniversalSegmentation(tiny_config(), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"image_1.png is \(32, 48\), the first image \(32, 32\)"):
+        evaluate(model, TwoSizes(), batch_size=2)

@@ -64,6 +64,7 @@ def main(argv) -> int:
     from PIL import Image
 
     from m2f_jax.config import Mask2FormerConfig
+    from m2f_jax.data.sources import SampleError
     from m2f_jax.evaluation.evaluate import evaluate
     from m2f_jax.training import workdir as run_record
     from m2f_jax.training.checkpoint import Checkpoints
@@ -100,14 +101,19 @@ def main(argv) -> int:
     checkpoints.close()
     model = nnx.merge(graphdef, state.params, state.rngs)
 
-    metrics, shown = evaluate(
-        model, data, batch_size=_BATCH.value, keep_results=_OVERLAYS.value, processor=experiment.processor(c),
-        num_images=count,
-    )  # fmt: skip
+    try:
+        metrics, shown = evaluate(
+            model, data, batch_size=_BATCH.value, keep_results=_OVERLAYS.value, processor=experiment.processor(c),
+            num_images=count,
+        )  # fmt: skip
+    except (ValueError, SampleError) as error:  # images of several sizes, an unreadable sample
+        sys.exit(f"eval.py: {error}")
     out = os.path.join(workdir, "eval")
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "metrics.json"), "w") as f:
+    tmp = os.path.join(out, f"metrics.json.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
         json.dump({"step": step, "images": count, **metrics}, f, indent=1)
+    os.replace(tmp, os.path.join(out, "metrics.json"))  # a reader never sees half a file
     labels = model_config.id2label
     for i, result in enumerate(shown):
         sample = data[i]
