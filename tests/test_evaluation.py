@@ -345,12 +345,15 @@ def test_panoptic_errors():
 
 
 def test_panoptic_segments_of_the_jitted_result_equal_the_host_post_processing():
-    """evaluate()'s reading of `panoptic_inference` gives what `post_process_panoptic_segmentation`
+    """`panoptic_segments`' reading of `panoptic_inference` gives what `post_process_panoptic_segmentation`
     gives for the same logits, fused stuff segments included."""
     from types import SimpleNamespace
 
-    from m2f_jax.evaluation.evaluate import panoptic_segments
-    from m2f_jax.processing.postprocess import panoptic_inference, post_process_panoptic_segmentation
+    from m2f_jax.processing.postprocess import (
+        panoptic_inference,
+        panoptic_segments,
+        post_process_panoptic_segmentation,
+    )
 
     rng = np.random.default_rng(3)
     class_logits = rng.normal(0, 1, (2, 16, 6)).astype(np.float32)
@@ -374,31 +377,3 @@ def test_panoptic_segments_of_the_jitted_result_equal_the_host_post_processing()
         np.testing.assert_allclose([s["score"] for s in ours["segments_info"]],
                                    [s["score"] for s in host[b]["segments_info"]], atol=1e-5)  # fmt: skip
     assert sum(len(h["segments_info"]) for h in host) >= 4
-
-
-def test_evaluate_refuses_images_of_several_sizes_before_the_forward():
-    """evaluate() batches one image size: a second size is named (its file) before anything compiles."""
-    from flax import nnx
-
-    from m2f_jax.evaluation.evaluate import evaluate
-    from m2f_jax.modeling import Mask2FormerForUniversalSegmentation
-
-    from helpers import tiny_config
-
-    class TwoSizes:
-        split, classes = "val", [{"id": i, "name": f"c{i}", "isthing": i > 2} for i in range(5)]
-
-        def __len__(self):
-            return 2
-
-        def describe(self, index):
-            return f"image_{index}.png"
-
-        def __getitem__(self, index):
-            size = (32, 32) if index == 0 else (32, 48)
-            return {"image": np.zeros((*size, 3), np.uint8), "segments": np.zeros(size, np.int32),
-                    "segments_info": [], "name": self.describe(index)}  # fmt: skip
-
-    model = Mask2FormerForUniversalSegmentation(tiny_config(), rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match=r"image_1.png is \(32, 48\), the first image \(32, 32\)"):
-        evaluate(model, TwoSizes(), batch_size=2)

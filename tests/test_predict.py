@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ import m2f_jax
 from m2f_jax.apps import predict
 
 GOOD = {"street.png": (70, 90), "room.jpg": (64, 48), "gray.png": (50, 100)}
-_forward = m2f_jax.inference._forward  # the jitted forward segment() uses: one compilation per shape
+_forward = m2f_jax.inference._forward  # the jitted forward of every inference path
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +88,8 @@ def test_segment_equals_the_explicit_pipeline(converted, photos, task):
     kwargs = {} if task == "semantic" else {"threshold": 0.0}
 
     inputs = processor(images)
-    outputs = _forward(model, inputs["pixel_values"], inputs["pixel_mask"])
+    class_logits, mask_logits = _forward(model, inputs["pixel_values"], inputs["pixel_mask"])
+    outputs = SimpleNamespace(class_queries_logits=class_logits, masks_queries_logits=mask_logits)
     post = getattr(processor, f"post_process_{task}_segmentation")
     expected = post(outputs, target_sizes=inputs["original_sizes"], image_sizes=inputs["image_sizes"], **kwargs)
 

@@ -1,10 +1,18 @@
-"""Evaluates a run of train.py on its held-out images: mIoU (semantic) and PQ (panoptic), with
-colour overlays of the first images.
+"""Evaluates a model on a data set's validation split: PQ (panoptic), COCO mask and box AP (instance)
+and mIoU (semantic), whichever the data set's annotations define.
 
-    python eval.py --config configs/synthetic.py --workdir runs/synthetic [--overlays 8] [--step N]
+    python eval.py --config configs/synthetic.py --workdir runs/synthetic [--step N]
+    python eval.py --config configs/coco_panoptic.py --model converted/swin-tiny-coco-panoptic
+    python eval.py --config configs/ade20k_semantic.py --model DIR --tta --output results/ade
 
-Reads the run's latest (or --step) checkpoint and config.json; writes DIR/eval/metrics.json (the
-numbers, per class too) and DIR/eval/overlay_NN.png (image | ground truth | panoptic prediction).
+--config names the data set (data.*) and the test size (eval.*) of a recipe or a run. The model is a
+train.py run folder (--workdir: its latest or --step checkpoint, parameters only) or a converted,
+HF or exported model folder (--model). Every process evaluates its own share of the images on its
+devices; the counts are combined (start it like train.py for several hosts). Writes, under --output
+(default WORKDIR/eval, or eval/<model folder name>): metrics.json (every number, per class too),
+per_class.txt, overlay_NN.png (image | ground truth | prediction) and, with --write_predictions,
+predictions/ in the official formats (COCO panoptic PNG + JSON, COCO instance results JSON, semantic
+PNGs), which the official tools can score too.
 """
 
 from __future__ import annotations
@@ -18,116 +26,178 @@ from ml_collections import config_flags
 
 from m2f_jax.apps import run_absl
 
-_CONFIG = _WORKDIR = _STEP = _OVERLAYS = _BATCH = None  # absl flag handles, defined by run()
+_F: dict = {}  # absl flag handles, defined by run()
 
 
 def _define_flags() -> None:
     """Defined when the command runs, not on import, so that train and eval can share a process."""
-    global _CONFIG, _WORKDIR, _STEP, _OVERLAYS, _BATCH
-    _CONFIG = config_flags.DEFINE_config_file("config", None, "the experiment config the run was trained with")
-    _WORKDIR = flags.DEFINE_string("workdir", None, "the run folder written by train.py")
-    _STEP = flags.DEFINE_integer("step", None, "the checkpoint to evaluate (default: the latest)")
-    _OVERLAYS = flags.DEFINE_integer("overlays", 8, "how many held-out images to draw")
-    _BATCH = flags.DEFINE_integer("batch_size", 16, "images per jitted forward")
-    flags.mark_flags_as_required(["config", "workdir"])
+    _F["config"] = config_flags.DEFINE_config_file("config", None, "an experiment config (data.* and eval.*)")
+    _F["workdir"] = flags.DEFINE_string("workdir", None, "a train.py run folder to evaluate")
+    _F["step"] = flags.DEFINE_integer("step", None, "with --workdir: the checkpoint (default: the latest)")
+    _F["model"] = flags.DEFINE_string("model", None, "a converted, HF or exported model folder, or a hub id")
+    _F["output"] = flags.DEFINE_string("output", None, "results folder (default WORKDIR/eval or eval/<model>)")
+    _F["tasks"] = flags.DEFINE_list("tasks", None, "tasks to score (default: all the data set defines)")
+    _F["batch_size"] = flags.DEFINE_integer("batch_size", None, "images per jitted forward (default eval.batch_size)")
+    _F["num_images"] = flags.DEFINE_integer("num_images", None, "the first N images (default data.eval_images)")
+    _F["overlays"] = flags.DEFINE_integer("overlays", 8, "how many images to draw")
+    _F["tta"] = flags.DEFINE_boolean("tta", None, "semantic multi-scale + flip test-time augmentation (eval.tta)")
+    _F["buckets"] = flags.DEFINE_enum("buckets", "auto", ["auto", "none"], "pad inputs to shape buckets or not")
+    _F["write_predictions"] = flags.DEFINE_boolean("write_predictions", False, "write predictions/ (see above)")
+    flags.mark_flags_as_required(["config"])
 
 
-def flag_problems(batch_size: int, overlays: int, step: int | None) -> list[str]:
+def flag_problems(values: dict) -> list[str]:
     """eval.py's own flags, checked before any work."""
     found = []
-    if batch_size < 1:
-        found.append(f"--batch_size must be >= 1, got {batch_size}")
-    if overlays < 0:
-        found.append(f"--overlays must be >= 0, got {overlays}")
-    if step is not None and step < 0:
-        found.append(f"--step must be >= 0 (a checkpoint's step), got {step}")
+    if (values["workdir"] is None) == (values["model"] is None):
+        found.append("give exactly one of --workdir (a train.py run) and --model (a model folder or hub id)")
+    if values["step"] is not None and values["workdir"] is None:
+        found.append("--step needs --workdir")
+    for name, low in (("batch_size", 1), ("overlays", 0), ("step", 0), ("num_images", 0)):
+        if values[name] is not None and values[name] < low:
+            found.append(f"--{name} must be >= {low}, got {values[name]}")
     return found
 
 
 def main(argv) -> int:
     del argv
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save and restore step at INFO
+    logging.set_verbosity(logging.WARNING)  # orbax logs every restore step at INFO
     from m2f_jax.training import experiment
 
-    c, workdir = _CONFIG.value, _WORKDIR.value
-    found = flag_problems(_BATCH.value, _OVERLAYS.value, _STEP.value)
+    c = _F["config"].value
+    values = {name: handle.value for name, handle in _F.items() if name != "config"}
+    found = flag_problems(values)
     try:
-        experiment.validate(c, model=False)  # the model is the run's config.json
+        experiment.validate(c, model=False)  # the model is the run's or the folder's config.json
     except ValueError as error:
         found.append(str(error))
     if found:
         sys.exit("eval.py: " + "\n".join(found))
 
+    from m2f_jax.training.mesh import initialize_distributed
+
+    initialize_distributed()  # before anything touches the devices
+
+    import dataclasses
+
     import jax
-    import numpy as np
-    from flax import nnx
-    from PIL import Image
 
-    from m2f_jax.config import Mask2FormerConfig
+    import m2f_jax
     from m2f_jax.data.sources import SampleError
-    from m2f_jax.evaluation.evaluate import evaluate
-    from m2f_jax.training import workdir as run_record
-    from m2f_jax.training.checkpoint import Checkpoints
-    from m2f_jax.training.mesh import make_mesh
-    from m2f_jax.visualize import overlay
+    from m2f_jax.evaluation.evaluate import evaluate, evaluation_tasks
+    from m2f_jax.inference import Predictor, default_processor
+    from m2f_jax.training.export import run_model
 
-    try:
-        checkpoints = Checkpoints(workdir, create=False)
-    except FileNotFoundError as error:
-        sys.exit(f"eval.py: {error}; train first")
-    step = checkpoints.latest_step() if _STEP.value is None else _STEP.value
-    if step is None or step not in checkpoints.all_steps():
-        checkpoints.close()
-        sys.exit(
-            f"eval.py: no checkpoint {'' if step is None else step} in {checkpoints.directory} "
-            f"(there are {checkpoints.all_steps() or 'none'}); train first"
-        )
+    lead = jax.process_index() == 0
+    settings = experiment.eval_settings(c)
     try:
         data = experiment.dataset(c, "val")
+        tasks = evaluation_tasks(data, values["tasks"])
     except (OSError, ValueError) as error:
-        checkpoints.close()
         sys.exit(f"eval.py: data.source {c.data.source!r}: {error}")
-    count = min(len(data), c.data.eval_images or len(data))
-    model_config = Mask2FormerConfig.load(workdir)
-    try:  # a checkpoint restored into another optimizer layout would fail with pages of orbax errors
-        run_record.check_evaluate(workdir, c, step)
-    except ValueError as error:
-        checkpoints.close()
+    try:
+        if values["workdir"]:
+            model = run_model(values["workdir"], values["step"])
+        else:
+            model = m2f_jax.from_pretrained(values["model"])
+    except (OSError, ValueError) as error:
         sys.exit(f"eval.py: {error}")
-    opt_config, _ = experiment.optimizer_config(c)
-    mesh = make_mesh(1, devices=jax.local_devices()[:1])
-    graphdef, like = experiment.abstract_state(c, model_config, opt_config, mesh)
-    state, _ = checkpoints.restore(like, step)
-    checkpoints.close()
-    model = nnx.merge(graphdef, state.params, state.rngs)
+    if model.config.num_labels != len(data.classes):
+        sys.exit(
+            f"eval.py: the model has {model.config.num_labels} labels, data.source {c.data.source!r} "
+            f"{len(data.classes)} classes"
+        )
+    size = {"shortest_edge": settings["shortest_edge"], "longest_edge": settings["longest_edge"]}
+    processor = dataclasses.replace(default_processor(model), size=size, do_resize=True)
+    predictor = Predictor(
+        model, processor, batch_size=values["batch_size"] or settings["batch_size"],
+        buckets=None if values["buckets"] == "none" else "auto",
+    )  # fmt: skip
+    tta = settings["tta"] if values["tta"] is None else values["tta"]
+    tta_options = {"scales": settings["tta_scales"], "max_size": settings["tta_max_size"]} if tta else None
+    if tta and "semantic" not in tasks:
+        sys.exit(f"eval.py: --tta augments semantic maps; the tasks scored here are {list(tasks)}")
+    count = values["num_images"] if values["num_images"] is not None else c.data.eval_images
+    count = min(len(data), count or len(data))
 
+    workdir = values["workdir"]
+    out = values["output"] or (
+        os.path.join(workdir, "eval") if workdir else os.path.join("eval", os.path.basename(values["model"].rstrip("/")))
+    )
+    writers = []
+    if values["write_predictions"]:
+        from m2f_jax.evaluation.writers import dataset_writers
+
+        writers = dataset_writers(os.path.join(out, "predictions"), data, tasks)
     try:
         metrics, shown = evaluate(
-            model, data, batch_size=_BATCH.value, keep_results=_OVERLAYS.value, processor=experiment.processor(c),
-            num_images=count,
+            predictor, data, tasks=tasks, num_images=count, keep_results=values["overlays"] if lead else 0,
+            tta=tta_options, writers=writers, progress=lead,
         )  # fmt: skip
-    except (ValueError, SampleError) as error:  # images of several sizes, an unreadable sample
+    except (ValueError, SampleError) as error:  # an unreadable sample, a model that does not fit the data
         sys.exit(f"eval.py: {error}")
-    out = os.path.join(workdir, "eval")
+    if not lead:
+        return 0
+
+    source = f"{workdir} step {model_step(model)}" if workdir else values["model"]
+    record = {"model": source, "split": "val", "tta": tta, **metrics}
+    write_results(out, record, tasks)
+    draw_overlays(out, data, shown, model.config.id2label)
+    from m2f_jax.evaluation.report import summary
+
+    print(f"{source}: {metrics['images']} validation images of {c.data.source}")
+    print("\n".join(summary(metrics)))
+    print(f"metrics, per-class tables and {len(shown)} overlays in {out}", flush=True)
+    return 0
+
+
+def model_step(model) -> int | str:
+    return getattr(model, "step", "?")
+
+
+def write_results(out: str, record: dict, tasks) -> None:
+    """metrics.json and per_class.txt, each written whole or not at all."""
+    from m2f_jax.evaluation.report import per_class_table
+
     os.makedirs(out, exist_ok=True)
-    tmp = os.path.join(out, f"metrics.json.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump({"step": step, "images": count, **metrics}, f, indent=1)
-    os.replace(tmp, os.path.join(out, "metrics.json"))  # a reader never sees half a file
-    labels = model_config.id2label
-    for i, result in enumerate(shown):
-        sample = data[i]
+    tables = "\n\n".join(f"{task}\n{per_class_table(record, task)}" for task in tasks)
+    for name, text in (("metrics.json", json.dumps(record, indent=1)), ("per_class.txt", tables + "\n")):
+        tmp = os.path.join(out, f".{name}.tmp{os.getpid()}")
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, os.path.join(out, name))  # a reader never sees half a file
+
+
+def draw_overlays(out: str, data, shown: list[dict], labels: dict[int, str]) -> None:
+    """overlay_NN.png: image | ground truth | prediction (panoptic, else semantic, else instances)."""
+    import numpy as np
+    from PIL import Image
+
+    from m2f_jax.visualize import overlay
+
+    for i, kept in enumerate(shown):
+        sample, found = data[kept["index"]], kept["predictions"]
         zoom = max(1, 256 // max(sample["image"].shape[:2]))  # small images drawn larger (nearest)
 
         def big(x, zoom=zoom):
-            return np.repeat(np.repeat(np.asarray(x), zoom, 0), zoom, 1)
+            return np.repeat(np.repeat(np.asarray(x), zoom, -2), zoom, -1)
 
         truth = {
             "segmentation": big(sample["segments"]),
             "segments_info": [{"id": s["id"], "label_id": s["category_id"]} for s in sample["segments_info"]],
         }
-        predicted = {**result["panoptic"], "segmentation": big(result["panoptic"]["segmentation"])}
-        image = big(result["image"])
+        if "panoptic" in found:
+            predicted = {**found["panoptic"], "segmentation": big(found["panoptic"]["segmentation"])}
+        elif "semantic" in found:
+            predicted = big(found["semantic"])
+        else:  # the confident detections only (evaluation keeps the top 100 at any score)
+            result = found["instance"]
+            confident = [k for k, s in enumerate(result["segments_info"]) if s["score"] >= 0.5]
+            predicted = {
+                "segmentation": big(np.asarray(result["segmentation"])[confident]),
+                "segments_info": [result["segments_info"][k] for k in confident],
+            }
+        image = np.repeat(np.repeat(sample["image"], zoom, 0), zoom, 1)
         panels = [Image.fromarray(image), overlay(image, truth, labels), overlay(image, predicted, labels)]
         canvas = Image.new("RGB", (sum(p.width for p in panels), max(p.height for p in panels)), "white")
         x = 0
@@ -135,13 +205,6 @@ def main(argv) -> int:
             canvas.paste(panel, (x, 0))
             x += panel.width
         canvas.save(os.path.join(out, f"overlay_{i:02d}.png"))
-    s, p = metrics["semantic"], metrics["panoptic"]
-    print(
-        f"step {step}, {len(data)} held-out images: mIoU {s['mIoU']:.1f}  pAcc {s['pAcc']:.1f}  "
-        f"PQ {p['PQ']:.1f} (things {p['PQ_th']:.1f}, stuff {p['PQ_st']:.1f})  SQ {p['SQ']:.1f}  RQ {p['RQ']:.1f}"
-    )
-    print(f"metrics and {len(shown)} overlays in {out}", flush=True)
-    return 0
 
 
 def run() -> None:

@@ -208,7 +208,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--task", required=True, choices=("panoptic", "instance", "semantic"))
     parser.add_argument("--input", required=True, help="an image file or a folder of images")
     parser.add_argument("--output", required=True, help="folder for the results (created)")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=4, help="images per jitted forward (padded)")
     parser.add_argument("--threshold", type=float, default=None, help="score threshold in [0, 1] (panoptic/instance)")
     existing = parser.add_mutually_exclusive_group()
     existing.add_argument("--overwrite", action="store_true", help="replace results already in --output")
@@ -223,35 +223,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def load(images: list[str], processor) -> tuple[list[tuple[str, object]], list[str]]:
-    """(path, image) of the images that can be read and processed, and a message for each that cannot."""
+def load(path: str, processor) -> tuple[object | None, str | None]:
+    """(the image, None) if it can be read and processed, else (None, the reason)."""
     from m2f_jax.processing.image_io import read_image
 
-    good, failed = [], []
-    for path in images:
-        try:
-            image = read_image(path)
-            processor.resized_size(*image.shape[:2])  # an image too thin to resize fails here, alone
-        except (FileNotFoundError, ValueError) as e:
-            failed.append(f"{path}: {e}" if path not in str(e) else str(e))
-            continue
-        good.append((path, image))
-    return good, failed
-
-
-def segment_each(model, batch, task: str, processor, kwargs) -> list[tuple[str, object, object | str]]:
-    """(path, image, result or the error message) for every image of the batch: run together, and one
-    by one if the batch fails, so that one bad image costs only its own result."""
-    from m2f_jax.inference import segment_batch
-
     try:
-        images = [image for _, image in batch]  # (H, W, 3) as image_io reads them
-        results = segment_batch(model, images, task, processor, "channels_last", **kwargs)
-        return [(p, image, r) for (p, image), r in zip(batch, results, strict=True)]
-    except ValueError as error:
-        if len(batch) == 1:
-            return [(batch[0][0], batch[0][1], str(error))]
-    return [item for one in batch for item in segment_each(model, [one], task, processor, kwargs)]
+        image = read_image(path)
+        processor.resized_size(*image.shape[:2])  # an image too thin to resize fails here, alone
+    except (FileNotFoundError, ValueError) as e:
+        return None, f"{path}: {e}" if path not in str(e) else str(e)
+    return image, None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -265,36 +246,42 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     import m2f_jax
-    from m2f_jax.inference import default_processor
+    from m2f_jax.inference import Predictor, default_processor, post_process
 
     try:
         model = m2f_jax.from_pretrained(args.model)
-        processor = default_processor(model)
+        predictor = Predictor(model, default_processor(model), batch_size=args.batch_size)
     except (OSError, ValueError) as e:
         raise StartError(f"--model {args.model}: {e}") from e
     kwargs = {} if args.threshold is None or args.task == "semantic" else {"threshold": args.threshold}
 
     failed: list[str] = []
     written, stopped = 0, None
-    pending = list(todo)
-    with tqdm(total=len(pending), unit="image", file=sys.stderr, disable=None) as bar:
-        for first in range(0, len(pending), args.batch_size):
-            chunk = pending[first : first + args.batch_size]
-            batch, unreadable = load(chunk, processor)
-            failed += unreadable
-            for path, image, result in segment_each(model, batch, args.task, processor, kwargs) if batch else []:
-                if isinstance(result, str):
-                    failed.append(f"{path}: {result}")
-                    continue
-                try:
-                    write_outputs(image, result, args.task, model.config.id2label, path, todo[path], args.output)
-                except OSError as e:  # a full disk or a folder gone read-only: later images would fail too
-                    stopped = f"cannot write the results of {path} to {args.output} ({e.strerror or e})"
-                    break
-                written += 1
-            bar.update(len(chunk))
-            if stopped:
+    with tqdm(total=len(todo), unit="image", file=sys.stderr, disable=None) as bar:
+
+        def readable():
+            """The images that can be read, as (path, image) keys for the predictor's batches by shape."""
+            for path in todo:
+                image, problem = load(path, predictor.processor)
+                if problem:
+                    failed.append(problem)
+                    bar.update(1)
+                else:
+                    yield (path, image), image
+
+        for (path, image), outputs in predictor.stream(readable()):
+            bar.update(1)
+            try:
+                result = post_process(outputs, args.task, **kwargs)[0]
+            except ValueError as error:  # e.g. non-finite outputs: this image only
+                failed.append(f"{path}: {error}")
+                continue
+            try:
+                write_outputs(image, result, args.task, model.config.id2label, path, todo[path], args.output)
+            except OSError as e:  # a full disk or a folder gone read-only: later images would fail too
+                stopped = f"cannot write the results of {path} to {args.output} ({e.strerror or e})"
                 break
+            written += 1
 
     note = f" ({skipped_done} already done)" if skipped_done else ""
     print(f"segmented {written} of {len(todo)} images into {args.output}{note}", file=sys.stderr)

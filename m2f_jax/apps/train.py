@@ -58,6 +58,7 @@ def main(argv) -> int:
     from m2f_jax.training.checkpoint import Checkpoints
     from m2f_jax.training.mesh import count_everywhere, global_batch, make_mesh
     from m2f_jax.training.metrics import MetricsLog
+    from m2f_jax.training.periodic_eval import PeriodicEvaluation
     from m2f_jax.training.step import check_batch, non_finite_message
 
     lead = jax.process_index() == 0
@@ -70,6 +71,7 @@ def main(argv) -> int:
     try:  # the data source: its folders and annotation files are checked here, before any device work
         model_config = experiment.model_config(c, experiment.dataset(c, "train"))
         batches = experiment.train_batches(c, jax.process_index(), jax.process_count())
+        evaluation = PeriodicEvaluation(c, workdir) if experiment.eval_settings(c)["every"] else None
     except (OSError, ValueError) as error:
         sys.exit(f"train.py: data.source {c.data.source!r}: {error}")
 
@@ -171,6 +173,10 @@ def main(argv) -> int:
                 stop_if_non_finite(done, metrics)  # never save a state whose data position ran past a skipped step
                 data_state = {"iterator": batches.get_state(), "skipped": total_skipped}
                 checkpoints.save(done, state, data_state)  # asynchronous: written while training goes on
+            if evaluation is not None and evaluation.due(done):
+                began = time.perf_counter()
+                log.write(done, evaluation(done, graphdef, state))  # and WORKDIR/best when it is the best
+                start += time.perf_counter() - began  # images_per_s: training time only
             if too_many_skipped:
                 checkpoints.wait()
                 sys.exit(

@@ -45,6 +45,18 @@ def data(
     return c
 
 
+def evaluation(shortest_edge: int, longest_edge: int, *, every: int = 5000, batch_size: int = 8,
+               tta_scales: tuple[int, ...] = (256, 384, 512, 640, 768, 896), tta_max_size: int = 3584,
+               ) -> ml_collections.ConfigDict:  # fmt: skip
+    """eval.*: the test size (images resized to `shortest_edge`, longest side at most `longest_edge`),
+    images per forward, steps between evaluations while training (0: none), and the semantic
+    test-time augmentation's shortest edges and longest side (off unless eval.tta; the original's)."""
+    return ml_collections.ConfigDict(dict(
+        shortest_edge=shortest_edge, longest_edge=longest_edge, batch_size=batch_size, every=every,
+        metric=None, tta=False, tta_scales=tuple(tta_scales), tta_max_size=tta_max_size,
+    ))  # fmt: skip
+
+
 # ----------------------------------------------------------------------------------------------------
 # The published recipes (reference/FACTS.md, from the original code's configs)
 
@@ -122,11 +134,15 @@ def recipe(
     preset_name: str,
     steps: int,
     schedule: str,
+    test_size: tuple[int, int],
     max_instances: int | None = None,
+    tta: tuple[tuple[int, ...], int] | None = None,
 ) -> ml_collections.ConfigDict:
     """A whole experiment config with the original's training settings: batch 16, the paper's loss and
     optimizer, bfloat16 compute, activations recomputed (remat) for crops of 1024x1024 or more.
-    max_instances: target slots per image, the preset's query count unless given (it may not be more)."""
+    test_size: (shortest edge, longest edge) at evaluation; tta: (shortest edges, longest side) of the
+    semantic test-time augmentation. max_instances: target slots per image, the preset's query count
+    unless given (it may not be more)."""
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.task = task
@@ -145,6 +161,7 @@ def recipe(
     c.log_every = 100
     c.checkpoint_every = 5000
     c.keep_checkpoints = 3
+    c.eval = evaluation(*test_size, **({} if tta is None else {"tta_scales": tta[0], "tta_max_size": tta[1]}))
     return c
 
 
@@ -155,6 +172,7 @@ def cityscapes(task: str, arg: str | None) -> ml_collections.ConfigDict:
     return recipe(
         task, "cityscapes", {"root": "data/cityscapes"},
         augment("semantic", (512, 1024), base_size=1024, max_size=4096),
-        preset_name(arg, "cityscapes", task), steps=90_000, schedule="poly",
+        preset_name(arg, "cityscapes", task), steps=90_000, schedule="poly", test_size=(1024, 2048),
         max_instances=19 if task == "semantic" else None,
+        tta=((512, 768, 1024, 1280, 1536, 1792), 4096),
     )  # fmt: skip

@@ -7,7 +7,8 @@ ADEChallengeData2016 release: `images/{training,validation}/*.jpg` and
 Recipe (reference/FACTS.md): short side 0.5-2.0 x 512 (long side at most 2048), 512x512 crop with the
 category-area constraint (max 1.0), photometric distortion, flip; Swin-B and Swin-L (pretrained at
 384) use 640 (long side at most 2560, 640x640 crop). Batch 16, 160,000 steps, poly (power 0.9),
-the paper's loss and optimizer (`_base`), 100 queries. Target slots: 100, the queries (an image holds
+the paper's loss and optimizer (`_base`), 100 queries. Evaluated at short side 512 (640), with the
+original's multi-scale + flip test-time augmentation available as eval.tta. Target slots: 100, the queries (an image holds
 one target per class present; the original has no such limit). Reproduces the published single-scale
 ADE20K mIoU: Swin-T 47.7, Swin-S 51.3, Swin-B (IN21k) 53.9, Swin-L (IN21k) 56.1. Those runs start
 from ImageNet-pretrained backbones, which are not loaded yet (a later issue): for now the preset's
@@ -33,5 +34,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     augmentation = augment("semantic", (crop, crop), base_size=crop, max_size=4 * crop)
     return recipe(
         "semantic", "ade20k", {"root": "data/ADEChallengeData2016"}, augmentation, name, steps=160_000,
-        schedule="poly",
+        schedule="poly", test_size=(crop, 4 * crop),
+        tta=(tuple(crop * k // 4 for k in (2, 3, 4, 5, 6, 7)), 7 * crop),  # the original's: 256..896, 3584 at 512
     )  # fmt: skip

@@ -29,5 +29,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     name = preset_name(arg, "coco", "instance")
     return recipe(
         "instance", "coco_instances", {"root": "data/coco"}, augment("lsj", (1024, 1024)), name,
-        steps=STEPS[arg or "swin_t"], schedule="multistep",
+        steps=STEPS[arg or "swin_t"], schedule="multistep", test_size=(800, 1333),
     )  # fmt: skip

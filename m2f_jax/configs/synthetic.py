@@ -7,7 +7,7 @@ python train.py --config configs/synthetic.py --workdir runs/quick --config.step
 
 import ml_collections
 
-from m2f_jax.configs._base import augment, data
+from m2f_jax.configs._base import augment, data, evaluation
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -69,4 +69,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.log_every = 25
     c.checkpoint_every = 250
     c.keep_checkpoints = 2
+    c.eval = evaluation(64, 64, every=0, batch_size=16, tta_scales=(48, 64, 80), tta_max_size=80)  # images at model size
     return c

@@ -133,6 +133,15 @@ class PanopticEvaluator:
         false_pos = ~matched.any(0) & (ignored / pred_area <= 0.5)
         np.add.at(self.fp, pred_cats[false_pos], 1)
 
+    def merge(self, other: PanopticEvaluator) -> None:
+        """Adds the counts of `other` (another shard of the data set, with the same categories)."""
+        if other.categories != self.categories:
+            raise ValueError("cannot merge panoptic evaluators of different categories")
+        self.tp += other.tp
+        self.fp += other.fp
+        self.fn += other.fn
+        self.iou += other.iou
+
     def compute(self) -> dict[str, Any]:
         """{"PQ", "SQ", "RQ", "n"} overall, the same with suffixes "_th" (things) and "_st" (stuff), and
         "per_class": {name: {"PQ", "SQ", "RQ", "TP", "FP", "FN"}}; in percent, NaN where undefined."""

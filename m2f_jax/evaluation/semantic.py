@@ -145,6 +145,12 @@ class SemanticEvaluator:
             )
         self.matrix += matrix
 
+    def merge(self, other: SemanticEvaluator) -> None:
+        """Adds the matrix of `other` (another shard of the data set, with the same classes)."""
+        if (other.class_names, other.ignore_index) != (self.class_names, self.ignore_index):
+            raise ValueError("cannot merge semantic evaluators of different classes or ignore_index")
+        self.matrix += other.matrix
+
     def compute(self) -> dict[str, Any]:
         """{"mIoU", "fwIoU", "mAcc", "pAcc", "per_class": {name: {"IoU", "Acc"}}}, all in percent;
         NaN where nothing defines a value (e.g. a class absent from predictions and ground truth)."""

@@ -565,3 +565,20 @@ def instance_inference(
         }
 
     return jax.vmap(one_image)(class_logits, mask_logits)
+
+
+def panoptic_segments(result: Mapping[str, Any], row: int) -> dict[str, Any]:
+    """Row `row` of a batched `panoptic_inference` result as `post_process_panoptic_segmentation`
+    gives it: {"segmentation", "segments_info": [{"id", "label_id", "score"}]} (fused queries give
+    one segment, with the best score among them)."""
+    segmentation = np.asarray(result["segmentation"][row])
+    present = set(np.unique(segmentation).tolist())
+    segments: dict[int, dict[str, Any]] = {}
+    for segment_id, label, score, keep in zip(
+        *(np.asarray(result[k][row]).tolist() for k in ("segment_ids", "labels", "scores", "keep")), strict=True
+    ):
+        if keep and segment_id in present:
+            previous = segments.get(segment_id)
+            if previous is None or score > previous["score"]:
+                segments[segment_id] = {"id": segment_id, "label_id": label, "score": score}
+    return {"segmentation": segmentation, "segments_info": [segments[i] for i in sorted(segments)]}

@@ -426,6 +426,30 @@ class ImageProcessor:
             return x * np.float32(self.rescale_factor)
         return x
 
+    def to_arrays(self, images: Any, input_data_format: str | None = None, stacklevel: int = 2) -> list[np.ndarray]:
+        """Images as the processor reads them (see the class): a list of checked (H, W, 3) arrays at their
+        own sizes, before any resizing."""
+        if input_data_format not in (None, "channels_first", "channels_last"):
+            raise ValueError(
+                f"input_data_format must be 'channels_first' or 'channels_last', got {input_data_format!r}"
+            )
+        arrays, guessed = [], []
+        for i, item in enumerate(_as_list(images, "images", batch_ndim=4)):
+            where = f"image {i}"
+            array, channels_last = _as_array(item, where)
+            layout = None
+            if array.ndim == 3:
+                layout = "channels_last" if channels_last else _channel_layout(array.shape, where, input_data_format)
+                if layout == "channels_first" and input_data_format is None:
+                    guessed.append(f"image {i} (shape {array.shape})")
+            arrays.append(_check_values(_to_hwc(array, where, layout), where))
+        if guessed:
+            warnings.warn(
+                f"{', '.join(guessed)} read as channels-first (C, H, W); pass input_data_format to say so",
+                stacklevel=stacklevel,
+            )
+        return arrays
+
     def __call__(
         self,
         images: Any,
@@ -452,26 +476,7 @@ class ImageProcessor:
         """
         if return_tensors not in _TENSOR_TYPES:
             raise ValueError(f"return_tensors must be one of {_TENSOR_TYPES}, got {return_tensors!r}")
-        if input_data_format not in (None, "channels_first", "channels_last"):
-            raise ValueError(
-                f"input_data_format must be 'channels_first' or 'channels_last', got {input_data_format!r}"
-            )
-        batch = _as_list(images, "images", batch_ndim=4)
-        arrays, guessed = [], []
-        for i, item in enumerate(batch):
-            where = f"image {i}"
-            array, channels_last = _as_array(item, where)
-            layout = None
-            if array.ndim == 3:
-                layout = "channels_last" if channels_last else _channel_layout(array.shape, where, input_data_format)
-                if layout == "channels_first" and input_data_format is None:
-                    guessed.append(f"image {i} (shape {array.shape})")
-            arrays.append(_check_values(_to_hwc(array, where, layout), where))
-        if guessed:
-            warnings.warn(
-                f"{', '.join(guessed)} read as channels-first (C, H, W); pass input_data_format to say so",
-                stacklevel=2,
-            )
+        arrays = self.to_arrays(images, input_data_format, stacklevel=3)
         original = [a.shape[:2] for a in arrays]
         maps, mappings = self._check_targets(segmentation_maps, instance_id_to_semantic_id, original)
         resized = [self.resized_size(h, w) for h, w in original]

@@ -65,11 +65,28 @@ def train_batches(c: Any, process_index: int, process_count: int) -> TrainBatche
     return TrainBatches(dataset(c, "train"), pipeline_config(c), process_index, process_count)
 
 
+# eval.* fields a config may leave out (shipped recipes set the test size of their data set).
+EVAL_DEFAULTS = dict(
+    shortest_edge=800, longest_edge=1333, batch_size=8, every=0, metric=None, tta=False,
+    tta_scales=(256, 384, 512, 640, 768, 896), tta_max_size=3584,
+)  # fmt: skip
+METRIC_OF_TASK = {"panoptic": "PQ", "instance": "AP", "semantic": "mIoU"}
+
+
+def eval_settings(c: Any) -> dict[str, Any]:
+    """eval.* with EVAL_DEFAULTS filled in; the metric defaults to the task's (PQ, AP or mIoU)."""
+    given = c.eval.to_dict() if "eval" in c else {}
+    settings = {**EVAL_DEFAULTS, **given}
+    settings["metric"] = settings["metric"] or METRIC_OF_TASK[c.task]
+    return settings
+
+
 def processor(c: Any) -> ImageProcessor:
-    """The image processor whose normalisation the step applies on the device (ImageNet mean and std,
-    as every Mask2Former checkpoint), saved with the run so that inference uses the same."""
-    del c
-    return ImageProcessor()
+    """The image processor of the run's model: ImageNet mean and std (the step normalises with them on
+    the device, as every Mask2Former checkpoint) and the test size (eval.shortest_edge/longest_edge);
+    saved with the run, so that eval.py, predict.py and `segment()` see images as training meant."""
+    e = eval_settings(c)
+    return ImageProcessor(size={"shortest_edge": e["shortest_edge"], "longest_edge": e["longest_edge"]})
 
 
 def model_config(c: Any, data: Source) -> Mask2FormerConfig:

@@ -149,3 +149,20 @@ def count_everywhere(count: int) -> int:
     from jax.experimental import multihost_utils
 
     return int(np.sum(multihost_utils.process_allgather(np.int32(count))))
+
+
+def gather_objects(value: Any) -> list[Any]:
+    """Every process's `value` (any picklable object), in process order, on every process: e.g. the
+    evaluators of each process's shard. A collective: every process must call it at the same point."""
+    if jax.process_count() == 1:
+        return [value]
+    import pickle
+
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(pickle.dumps(value), np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.int64(data.size))).reshape(-1)
+    padded = np.zeros(int(sizes.max()), np.uint8)  # allgather needs one shape on every process
+    padded[: data.size] = data
+    everyone = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(sizes), -1)
+    return [pickle.loads(row[:size].tobytes()) for row, size in zip(everyone, sizes, strict=True)]

@@ -28,7 +28,8 @@ class MetricsLog:
         for name, value in scalars.items():
             self.tensorboard.add_scalar(name, value, step)
         self.tensorboard.flush()
-        shown = "  ".join(f"{k} {scalars[k]:.4g}" for k in CONSOLE_KEYS if k in scalars)
+        keys = [k for k in CONSOLE_KEYS if k in scalars] + [k for k in scalars if k.startswith("eval/")]
+        shown = "  ".join(f"{k} {scalars[k]:.4g}" for k in keys)
         eta = "" if eta_s is None else f"  eta {int(eta_s) // 60}m{int(eta_s) % 60:02d}s"
         print(f"step {step}  {shown}{eta}", flush=True)
 

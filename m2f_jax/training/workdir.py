@@ -34,7 +34,7 @@ MODEL_FILE = "config.json"
 MAY_CHANGE_ON_RESUME = (
     "steps", "log_every", "checkpoint_every", "keep_checkpoints", "data.eval_images", "data.workers",
     "data.max_skipped", "data.options.root", "data.options.data_dir", "fsdp", "remat", "compute_dtype",
-    "loss.matcher", "optimizer.*",
+    "loss.matcher", "optimizer.*", "eval.*",
 )  # fmt: skip
 MAY_NOT_CHANGE_ON_RESUME = ("optimizer.accumulation_steps",)  # exceptions to the patterns above
 _ABSENT = "(absent)"

@@ -7,6 +7,8 @@ A sample is a dict:
   contiguous training label, 0..num_classes-1, an index into the source's `classes`), "iscrowd":
   bool, "isthing": bool}; a map id absent here is an error;
 - "name": str, the image's file (or record) name, for messages and outputs.
+- "image_id" (optional): int, the data set's own id of the image (COCO's), which predictions written
+  for the official tools carry.
 Ids listed in "segments_info" may be absent from the map (no pixels); map ids must all be listed.
 
 Panoptic targets are the non-crowd segments; instance targets the non-crowd thing segments; semantic

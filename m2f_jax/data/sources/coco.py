@@ -117,7 +117,7 @@ class CocoPanoptic:
         """Builds the per-sample store (file names, segment ids, labels, crowd flags) from the JSON."""
         labels = {c["id"]: i for i, c in enumerate(self.classes)}
         images = {int(image["id"]): image for image in data["images"]}
-        self.image_files, self.png_files = [], []
+        self.image_files, self.png_files, self.image_ids = [], [], []
         segment_ids, segment_labels, segment_crowd, self._starts = [], [], [], [0]
         for annotation in data["annotations"]:
             image = images.get(int(annotation["image_id"]))
@@ -127,6 +127,7 @@ class CocoPanoptic:
                     f"{annotation['image_id']}, which 'images' does not list"
                 )
             self.image_files.append(image["file_name"])
+            self.image_ids.append(int(image["id"]))
             self.png_files.append(annotation["file_name"])
             for segment in annotation["segments_info"]:
                 label = labels.get(int(segment["category_id"]))
@@ -172,7 +173,10 @@ class CocoPanoptic:
         unlisted = set(np.unique(segments).tolist()) - {0} - {s["id"] for s in segments_info}
         if unlisted:
             raise SampleError(f"{png_path!r} holds segment ids {sorted(unlisted)} that its annotation does not list")
-        return {"image": image, "segments": segments, "segments_info": segments_info, "name": self.image_files[index]}
+        return {
+            "image": image, "segments": segments, "segments_info": segments_info, "name": self.image_files[index],
+            "image_id": self.image_ids[index],
+        }  # fmt: skip
 
 
 class CocoInstances:
@@ -227,7 +231,7 @@ class CocoInstances:
 
         # Per image: a range of annotations; per annotation: label, crowd, and either a range of
         # polygons (in one flat coordinate array) or an RLE (pycocotools' compressed dict).
-        self.image_files, sizes_kept, image_starts = [], [], [0]
+        self.image_files, self.image_ids, sizes_kept, image_starts = [], [], [], [0]
         annotation_labels, crowd, rle_index, polygon_starts, self._rles = [], [], [], [0], []
         polygons: list[Sequence[float]] = []
         for image in data["images"]:
@@ -237,6 +241,7 @@ class CocoInstances:
             if drop_empty and all(is_crowd for _, is_crowd, _ in parsed):
                 continue
             self.image_files.append(image["file_name"])
+            self.image_ids.append(int(image["id"]))
             sizes_kept.append((height, width))
             for label, is_crowd, segmentation in parsed:
                 annotation_labels.append(label)
@@ -320,4 +325,7 @@ class CocoInstances:
             {"id": k + 1, "category_id": int(self._labels[first + k]), "iscrowd": bool(crowd[k]), "isthing": True}
             for k in range(len(rles))
         ]
-        return {"image": image, "segments": segments, "segments_info": segments_info, "name": self.image_files[index]}
+        return {
+            "image": image, "segments": segments, "segments_info": segments_info, "name": self.image_files[index],
+            "image_id": self.image_ids[index],
+        }  # fmt: skip
