@@ -19,6 +19,8 @@ official implementation: faster-coco-eval is faster but not identical. For scale
 update (encoding the masks) took 57-99 ms per image, 29-50 s for the same 500 images, and its compute()
 18-20 s.
 
+faster-coco-eval is not a dependency of the project: `pip install faster-coco-eval` to run this.
+
     PYTHONPATH=. python bench/coco_eval.py --images 500 --detections 100 --json /tmp/coco_eval.json
 """
 
