@@ -9,7 +9,8 @@ and mIoU (semantic), whichever the data set's annotations define.
 train.py run folder (--workdir: its latest or --step checkpoint, parameters only) or a converted,
 HF or exported model folder (--model). Every process evaluates its own share of the images on its
 devices; the counts are combined (start it like train.py for several hosts). Writes, under --output
-(default WORKDIR/eval, or eval/<model folder name>): metrics.json (every number, per class too),
+(default WORKDIR/eval/step_N, or eval/<model folder name>; results there are replaced only with
+--overwrite): metrics.json (every number, per class too),
 per_class.txt, overlay_NN.png (image | ground truth | prediction) and, with --write_predictions,
 predictions/ in the official formats (COCO panoptic PNG + JSON, COCO instance results JSON, semantic
 PNGs), which the official tools can score too.
@@ -43,6 +44,7 @@ def _define_flags() -> None:
     _F["tta"] = flags.DEFINE_boolean("tta", None, "semantic multi-scale + flip test-time augmentation (eval.tta)")
     _F["buckets"] = flags.DEFINE_enum("buckets", "auto", ["auto", "none"], "pad inputs to shape buckets or not")
     _F["write_predictions"] = flags.DEFINE_boolean("write_predictions", False, "write predictions/ (see above)")
+    _F["overwrite"] = flags.DEFINE_boolean("overwrite", False, "replace the results already in --output")
     flags.mark_flags_as_required(["config"])
 
 
@@ -86,7 +88,7 @@ def main(argv) -> int:
     from m2f_jax.data.sources import SampleError
     from m2f_jax.evaluation.evaluate import evaluate, evaluation_tasks
     from m2f_jax.inference import Predictor, default_processor
-    from m2f_jax.training.export import run_model
+    from m2f_jax.training.export import load_run
 
     lead = jax.process_index() == 0
     settings = experiment.eval_settings(c)
@@ -95,13 +97,21 @@ def main(argv) -> int:
         tasks = evaluation_tasks(data, values["tasks"])
     except (OSError, ValueError) as error:
         sys.exit(f"eval.py: data.source {c.data.source!r}: {error}")
+    workdir, step = values["workdir"], None
     try:
-        if values["workdir"]:
-            model = run_model(values["workdir"], values["step"])
+        if workdir:
+            model, step = load_run(workdir, values["step"])
         else:
             model = m2f_jax.from_pretrained(values["model"])
     except (OSError, ValueError) as error:
         sys.exit(f"eval.py: {error}")
+    out = values["output"] or (
+        os.path.join(workdir, "eval", f"step_{step}")
+        if workdir
+        else os.path.join("eval", os.path.basename(values["model"].rstrip("/")))
+    )
+    if os.path.exists(os.path.join(out, "metrics.json")) and not values["overwrite"]:
+        sys.exit(f"eval.py: {out} already holds results; pass --overwrite to replace them, or choose --output")
     if model.config.num_labels != len(data.classes):
         sys.exit(
             f"eval.py: the model has {model.config.num_labels} labels, data.source {c.data.source!r} "
@@ -120,15 +130,11 @@ def main(argv) -> int:
     count = values["num_images"] if values["num_images"] is not None else c.data.eval_images
     count = min(len(data), count or len(data))
 
-    workdir = values["workdir"]
-    out = values["output"] or (
-        os.path.join(workdir, "eval") if workdir else os.path.join("eval", os.path.basename(values["model"].rstrip("/")))
-    )
     writers = []
     if values["write_predictions"]:
-        from m2f_jax.evaluation.writers import dataset_writers
+        from m2f_jax.evaluation.writers import EvaluationWriters
 
-        writers = dataset_writers(os.path.join(out, "predictions"), data, tasks)
+        writers = [EvaluationWriters(os.path.join(out, "predictions"), data, tasks, overwrite=values["overwrite"])]
     try:
         metrics, shown = evaluate(
             predictor, data, tasks=tasks, num_images=count, keep_results=values["overlays"] if lead else 0,
@@ -139,8 +145,8 @@ def main(argv) -> int:
     if not lead:
         return 0
 
-    source = f"{workdir} step {model_step(model)}" if workdir else values["model"]
-    record = {"model": source, "split": "val", "tta": tta, **metrics}
+    source = f"{workdir} step {step}" if workdir else values["model"]
+    record = {"model": source, "step": step, "split": "val", "tta": tta, **metrics}
     write_results(out, record, tasks)
     draw_overlays(out, data, shown, model.config.id2label)
     from m2f_jax.evaluation.report import summary
@@ -149,10 +155,6 @@ def main(argv) -> int:
     print("\n".join(summary(metrics)))
     print(f"metrics, per-class tables and {len(shown)} overlays in {out}", flush=True)
     return 0
-
-
-def model_step(model) -> int | str:
-    return getattr(model, "step", "?")
 
 
 def write_results(out: str, record: dict, tasks) -> None:

@@ -237,3 +237,47 @@ class SemanticWriter(_Writer):
     def close(self) -> str:
         """Nothing is pending (every PNG is written by `add`); returns the folder."""
         return self.folder
+
+
+class EvaluationWriters:
+    """An evaluation's predictions, each task in its official format under `folder`: panoptic/ and
+    panoptic.json, instances.json, semantic/ (the data set's own category and image ids; a sample
+    without "image_id" is numbered by its index). Several processes: each writes its own images'
+    PNGs, and process 0 the JSON files with every process's entries (`close` is a collective)."""
+
+    def __init__(self, folder: str, data, tasks: Collection[str], overwrite: bool = False):
+        ids = [c["id"] for c in data.classes]
+        things = [k for k, c in enumerate(data.classes) if c["isthing"]]
+        self.panoptic = PanopticWriter(os.path.join(folder, "panoptic"), ids, overwrite=overwrite) if "panoptic" in tasks else None
+        self.instance = (
+            InstanceWriter(os.path.join(folder, "instances.json"), ids, things, overwrite=overwrite)
+            if "instance" in tasks
+            else None
+        )
+        self.semantic = SemanticWriter(os.path.join(folder, "semantic"), ids, overwrite=overwrite) if "semantic" in tasks else None
+
+    def add(self, index: int, sample: Mapping[str, Any], predictions: Mapping[str, Any]) -> None:
+        image_id = int(sample.get("image_id", index))
+        if self.panoptic is not None:
+            p = predictions["panoptic"]
+            self.panoptic.add(image_id, sample["name"], p["segmentation"], p["segments_info"])
+        if self.instance is not None:
+            self.instance.add(image_id, predictions["instance"])
+        if self.semantic is not None:
+            self.semantic.add(sample["name"], predictions["semantic"])
+
+    def close(self) -> None:
+        import jax
+
+        from m2f_jax.training.mesh import gather_objects
+
+        panoptic = gather_objects(None if self.panoptic is None else self.panoptic.annotations)
+        instance = gather_objects(None if self.instance is None else self.instance.results)
+        if jax.process_index() != 0:
+            return
+        if self.panoptic is not None:
+            self.panoptic.annotations = sorted((a for part in panoptic for a in part), key=lambda a: a["image_id"])
+            self.panoptic.close()
+        if self.instance is not None:
+            self.instance.results = [r for part in instance for r in part]
+            self.instance.close()
