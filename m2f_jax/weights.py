@@ -78,12 +78,17 @@ def model_params(model: Mask2FormerForUniversalSegmentation) -> dict[str, np.nda
 
 
 def save_model(
-    model: Mask2FormerForUniversalSegmentation, folder: str | os.PathLike, *, overwrite: bool = False
+    model: Mask2FormerForUniversalSegmentation,
+    folder: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    carried: tuple[str | os.PathLike, ...] = (),
 ) -> None:
-    """Writes `folder` (config.json + flax_model.safetensors) atomically; an existing non-empty folder is
-    replaced, whole, only with `overwrite=True`."""
+    """Writes `folder` (config.json + flax_model.safetensors, and a copy of each file in `carried`, e.g. a
+    preprocessor_config.json) atomically; an existing non-empty folder is replaced, whole, only with
+    `overwrite=True`."""
     check_destination(folder, overwrite)
-    _write_converted(model, folder, overwrite, carried=())
+    _write_converted(model, folder, overwrite, carried=tuple(os.fspath(f) for f in carried))
 
 
 def check_destination(folder: str | os.PathLike, overwrite: bool = False) -> None:
@@ -232,8 +237,16 @@ def read_converted(folder: str) -> tuple[Mask2FormerConfig, dict[str, np.ndarray
 def from_pretrained(
     name_or_path: str | os.PathLike, revision: str | None = None, seed: int = 0
 ) -> Mask2FormerForUniversalSegmentation:
-    """The ready model from a converted folder, a raw HF `save_pretrained` folder, or a hub id (read from
-    the local HF cache when offline). `model.name_or_path` records the source as given."""
+    """The ready model from a converted folder, a raw HF `save_pretrained` folder, a hub id (read from
+    the local HF cache when offline), or a train.py run folder (the parameters of its latest checkpoint,
+    see m2f_jax.training.export). `model.name_or_path` records the source as given."""
+    from m2f_jax.training import export  # imports this module
+
+    path, local = hub.local_or_hub(name_or_path)
+    if local and export.is_run(path):
+        model = export.run_model(path, seed=seed)
+        model.name_or_path = os.fspath(name_or_path)
+        return model
     folder = _source_folder(name_or_path, revision)
     if os.path.isfile(os.path.join(folder, FLAX_WEIGHTS)):
         model = model_from_params(*read_converted(folder), seed)

@@ -182,6 +182,20 @@ def test_eval_writes_metrics_and_overlays(straight, env, coco):
     assert sorted(os.listdir(os.path.join(straight, "eval"))) == ["metrics.json", "overlay_00.png", "overlay_01.png"]
 
 
+def test_the_run_exports_its_final_model(straight):
+    """train.py ends by writing WORKDIR/model, the last checkpoint's model as a folder from_pretrained
+    reads (predict.py --model takes either)."""
+    import m2f_jax
+    from m2f_jax.weights import model_params
+
+    folder = os.path.join(straight, "model")
+    assert sorted(os.listdir(folder)) == ["config.json", "flax_model.safetensors", "preprocessor_config.json"]
+    exported, checkpoint = (model_params(m2f_jax.from_pretrained(p)) for p in (folder, straight))
+    assert exported.keys() == checkpoint.keys()
+    for name, value in exported.items():
+        np.testing.assert_array_equal(value, checkpoint[name], err_msg=name)
+
+
 def fails(cmd, env):
     return finished(start(cmd, env), code=1)
 
@@ -223,6 +237,7 @@ def test_resume_with_a_changed_config(straight, env, coco):
     restored (once: pages of orbax errors), and the workdir is left as it was; bookkeeping may change;
     steps below the checkpoint's are refused. The three runs only read the workdir: run together."""
     checkpoints = sorted(os.listdir(os.path.join(straight, "checkpoints")))
+    exported = os.stat(os.path.join(straight, "model", "flax_model.safetensors")).st_mtime_ns
     with open(os.path.join(straight, "experiment.json")) as f:
         recorded = f.read()
     changed = start(command("train.py", straight, *train_flags(), "--config.model.hidden_dim=32",
@@ -236,6 +251,7 @@ def test_resume_with_a_changed_config(straight, env, coco):
     assert "  log_every: 1 -> 5" in out and f"has already trained {2 * N} steps" in out, out
     assert f"steps={N} but {straight} holds a checkpoint at step {2 * N}" in finished(shorter, code=1)
     assert sorted(os.listdir(os.path.join(straight, "checkpoints"))) == checkpoints
+    assert os.stat(os.path.join(straight, "model", "flax_model.safetensors")).st_mtime_ns == exported  # not redone
     with open(os.path.join(straight, "experiment.json")) as f:
         assert f.read() == recorded
 

@@ -1,4 +1,4 @@
-"""Segments an image or a folder of images with a converted (or raw HF) Mask2Former.
+"""Segments an image or a folder of images with a converted (or raw HF) Mask2Former, or a train.py run's.
 
     m2f-predict --model converted/swin-tiny-coco-panoptic --task panoptic --input photos/ --output out/
     (or python predict.py ... in a checkout)
@@ -204,7 +204,11 @@ def write_outputs(image, result, task: str, id2label: dict[int, str], source: st
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="converted folder, raw HF save_pretrained folder, or hub id")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="converted folder, raw HF save_pretrained folder, hub id, or train.py run folder (its latest checkpoint)",
+    )
     parser.add_argument("--task", required=True, choices=("panoptic", "instance", "semantic"))
     parser.add_argument("--input", required=True, help="an image file or a folder of images")
     parser.add_argument("--output", required=True, help="folder for the results (created)")

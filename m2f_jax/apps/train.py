@@ -4,8 +4,10 @@ several processes, resuming from the last checkpoint in --workdir.
     python train.py --config configs/synthetic.py --workdir runs/synthetic [--config.steps=200 ...]
 
 Writes under --workdir: checkpoints/ (orbax; the last `keep_checkpoints`), metrics.jsonl (one line
-per logged step), TensorBoard event files in tensorboard/, config.json (the model's HF config) and
-experiment.json (this config; a resume may change only some fields, see docs/training.md).
+per logged step), TensorBoard event files in tensorboard/, config.json (the model's HF config),
+experiment.json (this config; a resume may change only some fields, see docs/training.md),
+preprocessor_config.json (the image processor), and at the end model/: the last checkpoint's model
+as a folder that from_pretrained, predict.py --model and segment() read (m2f_jax.training.export).
 Several processes: start one per host with M2F_COORDINATOR=host:port, M2F_NUM_PROCESSES and
 M2F_PROCESS_ID set, or under SLURM (srun), Open MPI (mpirun) or on a Cloud TPU pod, where JAX
 finds them itself (docs/training.md).
@@ -13,6 +15,7 @@ finds them itself (docs/training.md).
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -98,6 +101,7 @@ def main(argv) -> int:
             if lead:
                 print(f"{workdir} has already trained {c.steps} steps; raise steps to continue", flush=True)
             checkpoints.close()
+            _export(workdir, lead, only_if_stale=True)  # e.g. a run stopped between its last save and export
             return 0
 
     # ------------------------------------------------------------------------------------------------
@@ -190,7 +194,27 @@ def main(argv) -> int:
         checkpoints.close()  # waits for the save in flight, on every way out
     if lead:
         print(f"trained {c.steps} steps; checkpoints in {checkpoints.directory}", flush=True)
+    _export(workdir, lead)
     return 0
+
+
+def _export(workdir: str, lead: bool, only_if_stale: bool = False) -> None:
+    """The last checkpoint's model as WORKDIR/model, replacing an older export (this run's own output).
+    Every process takes part (orbax reads collectively); process 0 writes."""
+    from m2f_jax.training import export
+
+    folder = os.path.join(workdir, export.MODEL_FOLDER)
+    if only_if_stale and export.is_exported(workdir, folder):
+        return
+    try:
+        step = export.export_model(workdir, folder, overwrite=True)
+    except (OSError, ValueError) as error:
+        sys.exit(
+            f"train.py: the checkpoints are saved, but the model could not be exported to {folder}: {error}\n"
+            f"Export it with: python -m m2f_jax.training.export {workdir} {folder} --overwrite"
+        )
+    if lead:
+        print(f"exported the model of step {step} to {folder} (from_pretrained, predict.py --model)", flush=True)
 
 
 def run() -> None:
