@@ -311,4 +311,3 @@ def segment(
     predictor = Predictor(model, processor, batch_size=min(len(batch), 8))
     results = predictor(batch, task, input_data_format, **post_process_kwargs)
     return results[0] if single else results
-

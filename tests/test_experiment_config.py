@@ -246,14 +246,6 @@ def test_m2f_variables(calls, monkeypatch):
     assert mesh.initialize_distributed() is None and len(calls) == 1
 
 
-def test_evaluation_refuses_only_another_optimizer_layout(started):
-    """eval.py reads the model from config.json; the data may differ, the optimizer state's layout not."""
-    workdir, _, _ = started
-    run_record.check_evaluate(workdir, changed(**{"model.drop_path_rate": 0.0, "data.eval_images": 64}), step=3)
-    with pytest.raises(ValueError, match=r"cannot evaluate .*\n  optimizer.accumulation_steps: 1 -> 3"):
-        run_record.check_evaluate(workdir, changed(steps=3, **{"optimizer.accumulation_steps": 3}), step=3)
-
-
 def test_evaluation_does_not_check_the_model_fields():
     """eval.py reads the run's config.json: an init_from folder from the training machine is no problem."""
     c = changed(**{"model.init_from": "/elsewhere", "model.hidden_dim": 48, "data.max_instances": 99})

@@ -109,8 +109,9 @@ def runs(tmp_path_factory, env, coco):
     straight, killed, logs = (tmp_path_factory.mktemp(name) for name in ("straight", "killed", "logs"))
     a_log, b_log = open(logs / "a.log", "w"), open(logs / "b.log", "w")  # noqa: SIM115
     a = subprocess.Popen(
-        command("train.py", straight, *train_flags(), data=coco), env=env, stdout=a_log, stderr=subprocess.STDOUT
-    )
+        command("train.py", straight, *train_flags(), f"--config.eval.every={N}", data=coco),
+        env=env, stdout=a_log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
     deadline = time.time() + 900
     while time.time() < deadline and a.poll() is None and not logged(straight):  # A has compiled: the cache holds it
         time.sleep(0.05)
@@ -174,26 +175,30 @@ def test_loss_falls(straight):
 
 def test_eval_writes_metrics_and_overlays(straight, env, coco):
     out = run(command("eval.py", straight, "--overlays=2", "--batch_size=4", data=coco), env)
-    assert "mIoU" in out and "PQ" in out
-    with open(os.path.join(straight, "eval", "metrics.json")) as f:
+    assert "mIoU" in out and "PQ" in out and "AP" in out
+    folder = os.path.join(straight, "eval", f"step_{2 * N}")
+    with open(os.path.join(folder, "metrics.json")) as f:
         metrics = json.load(f)
     assert metrics["step"] == 2 * N and metrics["images"] == 8
     assert 0 <= metrics["semantic"]["mIoU"] <= 100 and 0 <= metrics["panoptic"]["PQ"] <= 100
-    assert sorted(os.listdir(os.path.join(straight, "eval"))) == ["metrics.json", "overlay_00.png", "overlay_01.png"]
+    assert 0 <= metrics["instance"]["AP"] <= 100 and 0 <= metrics["instance"]["box"]["AP"] <= 100
+    assert sorted(os.listdir(folder)) == ["metrics.json", "overlay_00.png", "overlay_01.png", "per_class.txt"]
 
 
-def test_the_run_exports_its_final_model(straight):
-    """train.py ends by writing WORKDIR/model, the last checkpoint's model as a folder from_pretrained
-    reads (predict.py --model takes either)."""
+def test_evaluation_during_training_logs_and_keeps_the_best(straight):
+    """Run A evaluated every N steps (B and C did not, and end in the same state): logged, and the best
+    model exported with its step and score."""
+    with open(os.path.join(straight, "metrics.jsonl")) as f:
+        evaluated = [r for r in map(json.loads, f) if "eval/panoptic/PQ" in r]
+    assert [r["step"] for r in evaluated] == [N, 2 * N]
+    assert all(0 <= r["eval/semantic/mIoU"] <= 100 and 0 <= r["eval/instance/AP"] <= 100 for r in evaluated)
+    with open(os.path.join(straight, "best", "best.json")) as f:
+        best = json.load(f)
+    scores = {r["step"]: r["eval/panoptic/PQ"] for r in evaluated}
+    assert best["metric"] == "PQ" and best["value"] == max(scores.values()) and scores[best["step"]] == best["value"]
     import m2f_jax
-    from m2f_jax.weights import model_params
 
-    folder = os.path.join(straight, "model")
-    assert sorted(os.listdir(folder)) == ["config.json", "flax_model.safetensors", "preprocessor_config.json"]
-    exported, checkpoint = (model_params(m2f_jax.from_pretrained(p)) for p in (folder, straight))
-    assert exported.keys() == checkpoint.keys()
-    for name, value in exported.items():
-        np.testing.assert_array_equal(value, checkpoint[name], err_msg=name)
+    assert m2f_jax.from_pretrained(os.path.join(straight, "best")).config.num_labels == 7
 
 
 def fails(cmd, env):

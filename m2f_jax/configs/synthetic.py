@@ -69,5 +69,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.log_every = 25
     c.checkpoint_every = 250
     c.keep_checkpoints = 2
-    c.eval = evaluation(64, 64, every=0, batch_size=16, tta_scales=(48, 64, 80), tta_max_size=80)  # images at model size
+    c.eval = evaluation(
+        64, 64, every=0, batch_size=16, tta_scales=(48, 64, 80), tta_max_size=80
+    )  # images at model size
     return c

@@ -248,13 +248,17 @@ class EvaluationWriters:
     def __init__(self, folder: str, data, tasks: Collection[str], overwrite: bool = False):
         ids = [c["id"] for c in data.classes]
         things = [k for k, c in enumerate(data.classes) if c["isthing"]]
-        self.panoptic = PanopticWriter(os.path.join(folder, "panoptic"), ids, overwrite=overwrite) if "panoptic" in tasks else None
+        self.panoptic = (
+            PanopticWriter(os.path.join(folder, "panoptic"), ids, overwrite=overwrite) if "panoptic" in tasks else None
+        )
         self.instance = (
             InstanceWriter(os.path.join(folder, "instances.json"), ids, things, overwrite=overwrite)
             if "instance" in tasks
             else None
         )
-        self.semantic = SemanticWriter(os.path.join(folder, "semantic"), ids, overwrite=overwrite) if "semantic" in tasks else None
+        self.semantic = (
+            SemanticWriter(os.path.join(folder, "semantic"), ids, overwrite=overwrite) if "semantic" in tasks else None
+        )
 
     def add(self, index: int, sample: Mapping[str, Any], predictions: Mapping[str, Any]) -> None:
         image_id = int(sample.get("image_id", index))

@@ -70,9 +70,7 @@ class PeriodicEvaluation:
         else:
             self.predictor.set_model(model)  # the same shapes: no new compilation
         metrics, _ = evaluate(self.predictor, self.data, tasks=self.tasks, num_images=self.num_images)
-        scalars = {
-            f"eval/{task}/{name}": float(metrics[task][name]) for task in self.tasks for name in HEADLINE[task]
-        }
+        scalars = {f"eval/{task}/{name}": float(metrics[task][name]) for task in self.tasks for name in HEADLINE[task]}
         value = float(metrics[TASK_OF_METRIC[self.metric]][self.metric])
         if value > self.best:  # NaN never is
             self.best = value
@@ -89,4 +87,3 @@ class PeriodicEvaluation:
                 json.dump({"step": done, "metric": self.metric, "value": value}, f)
             carried = [record] + [p for p in [os.path.join(self.workdir, CONFIG_NAME)] if os.path.isfile(p)]
             save_model(model, os.path.join(self.workdir, BEST_FOLDER), overwrite=True, carried=tuple(carried))
-

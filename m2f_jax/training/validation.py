@@ -176,10 +176,15 @@ OPTIONAL_FIELDS: dict[str, Check] = {
     "eval.longest_edge": POSITIVE,
     "eval.batch_size": POSITIVE,
     "eval.every": integer(0),  # steps between evaluations during training; 0: none
-    "eval.metric": optional(choice("PQ", "mIoU", "AP")),  # the best model (WORKDIR/best) is kept by it; None: the task's
+    "eval.metric": optional(
+        choice("PQ", "mIoU", "AP")
+    ),  # the best model (WORKDIR/best) is kept by it; None: the task's
     "eval.tta": boolean,  # semantic test-time augmentation: multi-scale + flip
-    "eval.tta_scales": lambda v: None if isinstance(v, tuple | list) and v and all(_is_int(x) and x >= 1 for x in v)
-    else f"must be shortest edges (integers >= 1), e.g. (256, 384, 512), got {v!r}",
+    "eval.tta_scales": lambda v: (
+        None
+        if isinstance(v, tuple | list) and v and all(_is_int(x) and x >= 1 for x in v)
+        else f"must be shortest edges (integers >= 1), e.g. (256, 384, 512), got {v!r}"
+    ),
     "eval.tta_max_size": POSITIVE,
 }
 

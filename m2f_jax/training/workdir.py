@@ -93,14 +93,6 @@ def check_resume(workdir: str, c: Any, model_config: Any, step: int) -> list[tup
     return [d for d in changes if may_change(d[0])]
 
 
-def check_evaluate(workdir: str, c: Any, step: int) -> None:
-    """eval.py takes the model from config.json and only the data and the optimizer state's layout
-    from `c`: raises ValueError if `c` would restore the checkpoint at `step` into another layout."""
-    refused = [d for d in _saved_experiment_changes(workdir, c) if d[0] in MAY_NOT_CHANGE_ON_RESUME]
-    if refused:
-        _refuse("evaluate", workdir, step, refused, "The model is read from config.json; other fields may differ.")
-
-
 def _refuse(purpose: str, workdir: str, step: int, refused: list[tuple[str, Any, Any]], rules: str) -> None:
     raise ValueError(
         f"cannot {purpose} the checkpoint at step {step} in {workdir}: the run was started with other values of "
