@@ -258,23 +258,24 @@ def problems(c: Any, model: bool = True) -> list[str]:
             if width % heads:
                 found.append(f"model.num_heads[{i}]={heads} must divide stage {i + 1}'s width {width}")
     if not found:
-        found.extend(_data_problems(c))
+        found.extend(_data_problems(c, training=model))  # model=False: eval.py, which reads the val split
     if model and not found:
         found.extend(_model_problems(c))
     return found
 
 
-def _data_problems(c: Any) -> list[str]:
+def _data_problems(c: Any, training: bool = True) -> list[str]:
     """What the data source says of data.options (a missing folder or annotation file, a bad option),
-    and whether it can train the task: found by opening its train split (no image is read)."""
+    and whether it can train the task: found by opening its train split (no image is read); for
+    evaluation (training=False), its val split."""
     from m2f_jax.data.sources import tasks_of
     from m2f_jax.training import experiment
 
     try:
-        source = experiment.dataset(c, "train")
+        source = experiment.dataset(c, "train" if training else "val")
     except (OSError, ValueError, TypeError) as error:
         return [f"data.options ({c.data.source!r} source): {error}"]
-    if c.task not in tasks_of(source):
+    if training and c.task not in tasks_of(source):
         return [
             f"task {c.task!r} cannot be trained from data source {c.data.source!r}: it has {list(tasks_of(source))}"
         ]
