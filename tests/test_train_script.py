@@ -71,7 +71,8 @@ def losses(workdir):
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         for line in f:
             record = json.loads(line)
-            by_step[record["step"]] = record["loss"]
+            if "loss" in record:  # not the evaluations' lines
+                by_step[record["step"]] = record["loss"]
     return [by_step[s] for s in sorted(by_step)], sorted(by_step)
 
 
@@ -199,6 +200,16 @@ def test_evaluation_during_training_logs_and_keeps_the_best(straight):
     import m2f_jax
 
     assert m2f_jax.from_pretrained(os.path.join(straight, "best")).config.num_labels == 7
+
+
+def test_predict_reads_the_run(straight, coco, tmp_path):
+    """predict.py --model WORKDIR (the run's latest checkpoint and its processor) on a folder of images."""
+    from m2f_jax.apps import predict
+
+    out = tmp_path / "out"
+    args = ["--model", straight, "--task", "panoptic", "--input", os.path.join(coco, "val2017"), "--output", str(out)]
+    assert predict.main(args) == 0
+    assert len([name for name in os.listdir(out) if name.endswith(".json")]) == 8
 
 
 def fails(cmd, env):
