@@ -175,7 +175,7 @@ class Predictor:
         padded_mask = np.zeros((self.batch_size, *shape), bool)
         padded[: len(images), : pixels.shape[1], : pixels.shape[2]] = pixels
         padded_mask[: len(images), : mask.shape[1], : mask.shape[2]] = mask
-        padded_mask[len(images) :, :32, :32] = True  # the filler rows: a small valid corner, ignored
+        padded_mask[len(images) :] = padded_mask[0]  # the filler rows: blank images of the first's size, dropped
         class_logits, mask_logits = jax.device_get(
             _forward(self.model, jax.device_put(padded, self._rows), jax.device_put(padded_mask, self._rows))
         )
@@ -191,7 +191,7 @@ class Predictor:
         if self.buckets is None:
             return tuple(int(v) for v in padded)
         shapes = [self.bucket(s) for s in resized]
-        return max(shapes[0][0], *(s[0] for s in shapes)), max(shapes[0][1], *(s[1] for s in shapes))
+        return max(s[0] for s in shapes), max(s[1] for s in shapes)
 
     def stream(self, items: Iterable[tuple[Any, np.ndarray]]) -> Iterator[tuple[Any, Outputs]]:
         """(key, (H, W, 3) uint8 image) pairs in, (key, that image's `Outputs`) out, as batches fill:
@@ -199,9 +199,9 @@ class Predictor:
         batch per bucket in memory); the partial batches run at the end. Order follows the batches."""
         queues: dict[Any, list[tuple[Any, np.ndarray]]] = {}
         for key, image in items:
-            bucket = self.bucket(self.processor.resized_size(*image.shape[:2]))
-            if self.buckets is None:  # one queue per padded size
-                bucket = self.processor.padded_size([self.processor.resized_size(*image.shape[:2])])
+            resized = self.processor.resized_size(*image.shape[:2])
+            # One queue per bucket, or without buckets per padded size.
+            bucket = self.processor.padded_size([resized]) if self.buckets is None else self.bucket(resized)
             queue = queues.setdefault(bucket, [])
             queue.append((key, image))
             if len(queue) == self.batch_size:

@@ -46,11 +46,15 @@ def data(
 
 
 def evaluation(shortest_edge: int, longest_edge: int, *, every: int = 5000, batch_size: int = 8,
-               tta_scales: tuple[int, ...] = (256, 384, 512, 640, 768, 896), tta_max_size: int = 3584,
+               tta_scales: tuple[int, ...] | None = None, tta_max_size: int | None = None,
                ) -> ml_collections.ConfigDict:  # fmt: skip
     """eval.*: the test size (images resized to `shortest_edge`, longest side at most `longest_edge`),
     images per forward, steps between evaluations while training (0: none), and the semantic
-    test-time augmentation's shortest edges and longest side (off unless eval.tta; the original's)."""
+    test-time augmentation's shortest edges and longest side (off unless eval.tta; default the
+    original's ADE20K ones, m2f_jax.inference.TTA_SCALES and TTA_MAX_SIZE)."""
+    from m2f_jax.inference import TTA_MAX_SIZE, TTA_SCALES
+
+    tta_scales, tta_max_size = tta_scales or TTA_SCALES, tta_max_size or TTA_MAX_SIZE
     return ml_collections.ConfigDict(dict(
         shortest_edge=shortest_edge, longest_edge=longest_edge, batch_size=batch_size, every=every,
         metric=None, tta=False, tta_scales=tuple(tta_scales), tta_max_size=tta_max_size,

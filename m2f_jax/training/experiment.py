@@ -16,6 +16,7 @@ from m2f_jax.config import Mask2FormerConfig, SwinConfig, preset
 from m2f_jax.data.pipeline import PipelineConfig, TrainBatches
 from m2f_jax.data.sources import Source, id2label, open_source
 from m2f_jax.data.transforms import AugmentConfig
+from m2f_jax.inference import TTA_MAX_SIZE, TTA_SCALES
 from m2f_jax.losses import LossConfig
 from m2f_jax.modeling import Mask2FormerForUniversalSegmentation
 from m2f_jax.processing.preprocess import ImageProcessor
@@ -68,7 +69,7 @@ def train_batches(c: Any, process_index: int, process_count: int) -> TrainBatche
 # eval.* fields a config may leave out (shipped recipes set the test size of their data set).
 EVAL_DEFAULTS = dict(
     shortest_edge=800, longest_edge=1333, batch_size=8, every=0, metric=None, tta=False,
-    tta_scales=(256, 384, 512, 640, 768, 896), tta_max_size=3584,
+    tta_scales=TTA_SCALES, tta_max_size=TTA_MAX_SIZE,
 )  # fmt: skip
 METRIC_OF_TASK = {"panoptic": "PQ", "instance": "AP", "semantic": "mIoU"}
 
