@@ -5,6 +5,7 @@ constants of reference/FACTS.md. No model is built, nothing is compiled."""
 from __future__ import annotations
 
 import importlib
+import shutil
 import os
 
 import pytest
@@ -45,11 +46,16 @@ def load(name: str, arg: str | None = None):
 
 @pytest.fixture(scope="module")
 def roots(tmp_path_factory) -> dict[str, str]:
-    """A tiny train split in each source's on-disk layout, by source name."""
+    """Tiny train and val splits in each source's on-disk layout, by source name (training opens the
+    train split, evaluation the val split)."""
     coco_panoptic = tmp_path_factory.mktemp("coco_panoptic")
-    synthetic.write_coco_panoptic(coco_panoptic, "train", 2, image_size=(32, 32))
+    for split in ("train", "val"):
+        synthetic.write_coco_panoptic(coco_panoptic, split, 2, image_size=(32, 32))
     coco_instances = tmp_path_factory.mktemp("coco_instances")
     _write_instances(coco_instances)
+    shutil.copytree(coco_instances / "train2017", coco_instances / "val2017")
+    shutil.copy(coco_instances / "annotations" / "instances_train2017.json",
+                coco_instances / "annotations" / "instances_val2017.json")  # fmt: skip
     return {
         "coco_panoptic": str(coco_panoptic),
         "coco_instances": str(coco_instances),

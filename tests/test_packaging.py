@@ -41,7 +41,7 @@ def test_installed_commands_run_outside_a_checkout(tmp_path):
         ("m2f-predict", 0, "Segments an image"),
         ("m2f-convert", 0, "Convert a Hugging"),
         ("m2f-train", 1, "Trains Mask2Former"),
-        ("m2f-eval", 1, "Evaluates a run"),
+        ("m2f-eval", 1, "Evaluates a model"),
     ]
     for command, status, says in commands:
         path = os.path.join(bin_dir, command)
