@@ -26,11 +26,12 @@ def _is_key(x) -> bool:
     return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
-def _keys_to_data(tree: Any) -> Any:
+def keys_to_data(tree: Any) -> Any:
+    """Typed PRNG keys as their raw key data (what can be stored or sent between processes)."""
     return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
 
 
-def _data_to_keys(tree: Any, like: Any) -> Any:
+def data_to_keys(tree: Any, like: Any) -> Any:
     """Raw key data back to typed keys (of the default PRNG implementation, which made them)."""
     return jax.tree.map(lambda x, ref: jax.random.wrap_key_data(x) if _is_key(ref) else x, tree, like)
 
@@ -38,7 +39,7 @@ def _data_to_keys(tree: Any, like: Any) -> Any:
 def _abstract(tree: Any) -> Any:
     """ShapeDtypeStructs (with the arrays' shardings) of the stored form of `tree` (arrays or
     ShapeDtypeStructs)."""
-    stored = jax.eval_shape(_keys_to_data, tree)
+    stored = jax.eval_shape(keys_to_data, tree)
     shardings = jax.tree.map(lambda x: getattr(x, "sharding", None), tree)
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), stored, shardings)
 
@@ -72,7 +73,7 @@ class Checkpoints:
         self.manager.save(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardSave(_keys_to_data(state)), data=ocp.args.JsonSave(dict(data_state))
+                state=ocp.args.StandardSave(keys_to_data(state)), data=ocp.args.JsonSave(dict(data_state))
             ),
             force=True,
         )
@@ -90,7 +91,7 @@ class Checkpoints:
         restored = self.manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(like)), data=ocp.args.JsonRestore())
         )
-        return _data_to_keys(restored["state"], like), dict(restored["data"])
+        return data_to_keys(restored["state"], like), dict(restored["data"])
 
     def close(self) -> None:
         """Waits for the save in flight, then releases orbax's threads."""

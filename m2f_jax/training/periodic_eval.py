@@ -59,12 +59,15 @@ class PeriodicEvaluation:
     def __call__(self, done: int, graphdef: nnx.GraphDef, state: Any) -> dict[str, float]:
         """Evaluates the state's parameters (every process takes part); returns the scalars to log
         and, on process 0, exports the model as WORKDIR/best when its score is the best so far."""
-        params = state.params
-        if jax.process_count() > 1:  # this process's devices need whole parameters
+        params, rngs = state.params, state.rngs
+        if jax.process_count() > 1:  # this process's devices need whole arrays (keys travel as their data)
             from jax.experimental import multihost_utils
 
-            params = multihost_utils.process_allgather(params, tiled=True)
-        model = nnx.merge(graphdef, params, state.rngs)
+            from m2f_jax.training.checkpoint import data_to_keys, keys_to_data
+
+            params, rngs = data_to_keys(multihost_utils.process_allgather(keys_to_data((params, rngs)), tiled=True),
+                                        (params, rngs))  # fmt: skip
+        model = nnx.merge(graphdef, params, rngs)
         if self.predictor is None:
             self.predictor = Predictor(model, self.processor, batch_size=self.settings["batch_size"])
         else:
