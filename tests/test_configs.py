@@ -5,8 +5,8 @@ constants of reference/FACTS.md. No model is built, nothing is compiled."""
 from __future__ import annotations
 
 import importlib
-import shutil
 import os
+import shutil
 
 import pytest
 from absl import flags
