@@ -4,8 +4,6 @@ predictions, and the four data-set layouts (eval.py on devices and processes: te
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 from flax import nnx
@@ -19,7 +17,6 @@ from m2f_jax.inference import Predictor, _forward, post_process, semantic_tta
 
 from helpers import tiny_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = m2f_jax.ImageProcessor(size={"shortest_edge": 64, "longest_edge": 96})
 
 
