@@ -207,7 +207,16 @@ def test_predict_reads_the_run(straight, coco, tmp_path):
     from m2f_jax.apps import predict
 
     out = tmp_path / "out"
-    args = ["--model", str(straight), "--task", "panoptic", "--input", os.path.join(coco, "val2017"), "--output", str(out)]
+    args = [
+        "--model",
+        str(straight),
+        "--task",
+        "panoptic",
+        "--input",
+        os.path.join(coco, "val2017"),
+        "--output",
+        str(out),
+    ]
     assert predict.main(args) == 0
     assert len([name for name in os.listdir(out) if name.endswith(".json")]) == 8
 
