@@ -114,12 +114,12 @@ def _expected(name: str, arg: str) -> dict:
             **common, "steps": 737_500 if large else 368_750, "optimizer.schedule": "multistep",
             "optimizer.milestones": (0.889, 0.963), "optimizer.gamma": 0.1, "data.augment.kind": "lsj",
             "data.augment.crop_size": (1024, 1024), "data.augment.min_scale": 0.1, "data.max_instances": queries,
-            "remat": True,
+            "remat": "full",
         }  # fmt: skip
     semantic = {
         **common, "optimizer.schedule": "poly", "optimizer.poly_power": 0.9, "data.augment.kind": "semantic",
         "data.augment.min_scale": 0.5, "data.augment.photometric": True, "data.augment.max_category_area": 1.0,
-        "remat": False,
+        "remat": "none",
     }  # fmt: skip
     if name == "ade20k_semantic":
         crop = 640 if arg in ("swin_b", "swin_l") else 512  # Swin-B/L pretrained at 384

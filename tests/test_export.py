@@ -32,12 +32,11 @@ FOLDER_FILES = ["config.json", "flax_model.safetensors", "preprocessor_config.js
 def run(tmp_path_factory):
     """(the run folder, {step: its parameters by dotted name})."""
     import jax.numpy as jnp
-    from flax import nnx
 
     from m2f_jax.training import experiment
     from m2f_jax.training import workdir as run_record
     from m2f_jax.training.checkpoint import Checkpoints
-    from m2f_jax.training.optimizer import build_optimizer
+    from m2f_jax.training.optimizer import build_optimizer, parameter_groups
     from m2f_jax.training.step import init_state
     from m2f_jax.weights import model_from_params, param_shapes
 
@@ -52,7 +51,7 @@ def run(tmp_path_factory):
     for step in (1, 2):
         params = {n: rng.normal(0, 0.1, shape).astype(np.float32) for n, shape in param_shapes(config).items()}
         model = model_from_params(config, params, seed=c.seed)
-        _, state = init_state(model, build_optimizer(opt_config, nnx.state(model, nnx.Param)), c.seed)
+        _, state = init_state(model, build_optimizer(opt_config, parameter_groups(model)), c.seed)
         checkpoints.save(step, state.replace(step=jnp.asarray(step, jnp.int32)), {"iterator": {}, "skipped": 0})
         saved[step] = params
     checkpoints.close()

@@ -11,8 +11,9 @@ import pytest
 from flax import nnx
 
 from m2f_jax import Mask2FormerForUniversalSegmentation
+from m2f_jax.modeling.layers import LayerExecution
 
-from helpers import max_diff, tiny_config
+from helpers import FAST_COMPILE, max_diff, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -43,31 +44,35 @@ def test_any_input_size(model, size):
     assert np.isfinite(np.asarray(out.masks_queries_logits)).all()
 
 
-def test_dropout_and_drop_path_only_when_not_deterministic():
+def test_dropout_and_drop_path_only_in_training_mode():
     config = tiny_config(dropout=0.1)
     config = config.replace(backbone_config=dataclasses.replace(config.backbone_config, drop_path_rate=0.5))
     model = Mask2FormerForUniversalSegmentation(config, rngs=nnx.Rngs(params=0, dropout=1))
     pixels = jnp.asarray(np.random.RandomState(1).randn(2, 32, 32, 3), jnp.float32)
-    evaluate = nnx.jit(lambda m, x: m(x))
-    train = nnx.jit(lambda m, x: m(x, deterministic=False))  # nnx.jit carries the RNG state out
-    a, b = evaluate(model, pixels), evaluate(model, pixels)
+    forward = nnx.jit(lambda m, x: m(x))  # nnx.jit carries the RNG state out
+    a, b = forward(model, pixels), forward(model, pixels)  # a new model is in evaluation mode
     assert max_diff(a.class_queries_logits, b.class_queries_logits) == 0
-    c = train(model, pixels)
-    d = train(model, pixels)
+    model.train()
+    c = forward(model, pixels)
+    d = forward(model, pixels)
     assert max_diff(a.class_queries_logits, c.class_queries_logits) > 1e-3
     assert max_diff(c.class_queries_logits, d.class_queries_logits) > 1e-3  # the RNG stream advances
+    model.eval()
+    e = forward(model, pixels)
+    assert max_diff(a.class_queries_logits, e.class_queries_logits) == 0
 
 
 def test_drop_path_drops_whole_samples():
     from m2f_jax.modeling.swin import SwinBlock
+    from m2f_jax.modeling.valid_region import FeatureMap
 
     config = tiny_config().backbone_config
-    block = SwinBlock(config, 32, 1, shift=0, drop_path=0.5, rngs=nnx.Rngs(0))
+    block = SwinBlock(config, 32, 1, shift=0, rngs=nnx.Rngs(0))
     x = jnp.asarray(np.random.RandomState(2).randn(16, 8, 8, 32), jnp.float32)
-    valid = jnp.ones((16, 8, 8), bool)
-    sizes = jnp.full((16, 2), 8)
-    kept = block(x, valid, sizes, deterministic=True)
-    y = block(x, valid, sizes, deterministic=False)
+    tokens = FeatureMap(x, jnp.full((16, 2), 8))
+    kept = block(tokens, 0.5).values
+    block.train()
+    y = block(tokens, 0.5).values
     # A dropped sample passes through unchanged (both residual branches dropped).
     unchanged = [bool(jnp.allclose(y[i], x[i])) for i in range(16)]
     assert 0 < sum(unchanged) < 16
@@ -86,3 +91,36 @@ def test_drop_path_drops_whole_samples():
 def test_bad_input_is_refused_before_work(model, pixels, message):
     with pytest.raises(ValueError, match=message):
         model(jnp.asarray(pixels))
+
+
+def test_scan_and_remat_change_nothing():
+    """Scanned units (Swin block pairs, encoder layers, decoder rounds) under a remat policy give the
+    unrolled model's outputs and gradients, in training mode: the same dropout and drop-path masks."""
+    config = tiny_config(dropout=0.1, decoder_layers=7, encoder_layers=3)
+    backbone = dataclasses.replace(config.backbone_config, depths=(2, 4, 2, 2), drop_path_rate=0.5)
+    config = config.replace(backbone_config=backbone)
+    pixels = jnp.asarray(np.random.RandomState(3).randn(2, 40, 48, 3), jnp.float32)
+    pixel_mask = np.ones((2, 40, 48), bool)
+    pixel_mask[1, 30:], pixel_mask[1, :, 20:] = False, False
+
+    def run(execution):
+        model = Mask2FormerForUniversalSegmentation(config, rngs=nnx.Rngs(params=0, dropout=1), execution=execution)
+        model.train()
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+        def loss(params):
+            out = nnx.merge(graphdef, params, rest, copy=True)(pixels, pixel_mask=jnp.asarray(pixel_mask))
+            return jnp.sum(out.masks_queries_logits[:, :, :5, :6] ** 2) + jnp.sum(out.class_queries_logits**2), out
+
+        (value, out), grads = jax.jit(jax.value_and_grad(loss, has_aux=True), compiler_options=FAST_COMPILE)(params)
+        return value, out, nnx.to_flat_state(grads)
+
+    value, out, grads = run(LayerExecution())
+    value_s, out_s, grads_s = run(LayerExecution(remat="full", scan=True))
+    np.testing.assert_allclose(float(value_s), float(value), rtol=1e-5)
+    np.testing.assert_allclose(out_s.masks_queries_logits, out.masks_queries_logits, atol=1e-4, rtol=1e-4)
+    # Relative to each gradient, and to the largest: the key biases' gradients are zero up to rounding.
+    largest = max(float(jnp.abs(g[...]).max()) for _, g in grads)
+    for (path, g), (_, g_s) in zip(grads, grads_s, strict=True):
+        tolerance = 1e-3 * float(jnp.abs(g[...]).max()) + 1e-5 * largest
+        assert float(jnp.abs(g_s[...] - g[...]).max()) <= tolerance, path

@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax import nnx
 
 from m2f_jax.training.optimizer import OptimizerConfig, build_optimizer, describe_groups, learning_rate_schedule
 from m2f_jax.weights import abstract_model
@@ -18,7 +17,7 @@ torch = pytest.importorskip("torch")
 
 
 def test_parameter_groups_of_the_model():
-    groups = describe_groups(nnx.state(abstract_model(tiny_config()), nnx.Param))
+    groups = describe_groups(abstract_model(tiny_config()))
     backbone, no_decay = set(groups["backbone"]), set(groups["no_weight_decay"])
     swin = "model.pixel_level_module.encoder."
     assert all(name.startswith(swin) for name in backbone)
@@ -46,7 +45,7 @@ def test_parameter_groups_of_the_model():
 
 
 def _toy_params(rng):
-    """A tree with one parameter of each group kind, named as the model names them."""
+    """A tree with one parameter of each group kind (backbone or not, decayed or not)."""
     return {
         "model": {
             "pixel_level_module": {
@@ -60,6 +59,24 @@ def _toy_params(rng):
     }
 
 
+def _names(params):
+    return [".".join(str(k.key) for k in path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+
+
+def is_backbone(name):
+    return name.startswith("model.pixel_level_module.encoder.")
+
+
+def decays(name):
+    return not ("norm" in name or name.endswith("embedding"))
+
+
+def _toy_groups(params):
+    """The toy tree's (in_backbone, decays) trees, as `parameter_groups` gives them for a model."""
+    structure = jax.tree.structure(params)
+    return tuple(jax.tree.unflatten(structure, [f(n) for n in _names(params)]) for f in (is_backbone, decays))
+
+
 @pytest.mark.parametrize("clip_norm", [None, 0.5])
 def test_matches_torch_adamw_with_detectron2_groups(clip_norm):
     rng = np.random.RandomState(0)
@@ -68,20 +85,18 @@ def test_matches_torch_adamw_with_detectron2_groups(clip_norm):
     config = OptimizerConfig(learning_rate=0.01, weight_decay=0.05, backbone_multiplier=0.1, clip_norm=clip_norm,
                              schedule="poly", total_steps=10, warmup_steps=2, warmup_factor=0.1)  # fmt: skip
 
-    tx = build_optimizer(config, params)
+    tx = build_optimizer(config, _toy_groups(params))
     state, ours = tx.init(params), params
+    names = _names(params)
     for g in grads:
         updates, state = tx.update(g, state, ours)
         ours = optax.apply_updates(ours, updates)
 
-    flat, _ = jax.tree_util.tree_flatten_with_path(params)
-    names = [".".join(str(k.key) for k in path) for path, _ in flat]
-    tensors = [torch.tensor(np.asarray(v), requires_grad=True) for _, v in flat]
+    tensors = [torch.tensor(np.asarray(v), requires_grad=True) for v in jax.tree.leaves(params)]
     groups = []
     for name, t in zip(names, tensors, strict=True):
-        backbone = name.startswith("model.pixel_level_module.encoder.")
-        decay = not ("norm" in name or name.endswith("embedding"))
-        groups.append({"params": [t], "lr": 0.01 * (0.1 if backbone else 1.0), "weight_decay": 0.05 if decay else 0.0})
+        lr, weight_decay = 0.01 * (0.1 if is_backbone(name) else 1.0), 0.05 if decays(name) else 0.0
+        groups.append({"params": [t], "lr": lr, "weight_decay": weight_decay})
     torch_opt = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8)
     base_lrs = [g["lr"] for g in torch_opt.param_groups]
     for i, g in enumerate(grads):
@@ -119,12 +134,14 @@ def test_accumulation_equals_one_step_on_the_mean_gradient():
     rng = np.random.RandomState(1)
     params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), _toy_params(rng))
     g1, g2 = (jax.tree.map(lambda x: jnp.asarray(rng.randn(*x.shape), jnp.float32), params) for _ in range(2))
-    accumulate = build_optimizer(OptimizerConfig(learning_rate=0.01, accumulation_steps=2, total_steps=5), params)
+    accumulate = build_optimizer(
+        OptimizerConfig(learning_rate=0.01, accumulation_steps=2, total_steps=5), _toy_groups(params)
+    )
     state = accumulate.init(params)
     u1, state = accumulate.update(g1, state, params)
     assert all(float(jnp.abs(u).max()) == 0 for u in jax.tree.leaves(u1))  # nothing applied yet
     u2, state = accumulate.update(g2, state, params)
-    single = build_optimizer(OptimizerConfig(learning_rate=0.01, total_steps=5), params)
+    single = build_optimizer(OptimizerConfig(learning_rate=0.01, total_steps=5), _toy_groups(params))
     expected, _ = single.update(jax.tree.map(lambda a, b: (a + b) / 2, g1, g2), single.init(params), params)
     for a, b in zip(jax.tree.leaves(u2), jax.tree.leaves(expected), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)

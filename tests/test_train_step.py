@@ -34,7 +34,8 @@ def setup():
     opt_config, _ = experiment.optimizer_config(c)
     graphdef, state = experiment.initial_state(c, config, opt_config, mesh)
     remat = c.copy_and_resolve_references()
-    remat.remat = True  # the awkward batches go through the rematerialised step
+    remat.remat = "full"  # the awkward batches go through the rematerialised, scanned step
+    remat.scan_layers = True
     step = experiment.jitted_train_step(remat, config, graphdef, opt_config, state, mesh, FAST_COMPILE)
     return c, mesh, batches, config, state, step
 

@@ -143,7 +143,7 @@ def recipe(
     tta: tuple[tuple[int, ...], int] | None = None,
 ) -> ml_collections.ConfigDict:
     """A whole experiment config with the original's training settings: batch 16, the paper's loss and
-    optimizer, bfloat16 compute, activations recomputed (remat) for crops of 1024x1024 or more.
+    optimizer, bfloat16 compute, activations recomputed (remat "full") for crops of 1024x1024 or more.
     test_size: (shortest edge, longest edge) at evaluation; tta: (shortest edges, longest side) of the
     semantic test-time augmentation. max_instances: target slots per image, the preset's query count
     unless given (it may not be more)."""
@@ -160,7 +160,9 @@ def recipe(
     c.batch_size = 16  # global, over all processes and devices
     c.fsdp = 1
     height, width = augmentation.crop_size
-    c.remat = height * width >= 1024 * 1024  # COCO's LSJ crops: memory, not speed, is the limit there
+    # COCO's LSJ crops: memory, not speed, is the limit there (m2f_jax.modeling.layers.REMAT_POLICIES)
+    c.remat = "full" if height * width >= 1024 * 1024 else "none"
+    c.scan_layers = True  # one compiled copy of each repeated layer: Swin-L compiles as fast as Swin-T
     c.compute_dtype = "bfloat16"  # the original trains with AMP; parameters and optimizer stay float32
     c.log_every = 100
     c.checkpoint_every = 5000

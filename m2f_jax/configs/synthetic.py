@@ -64,7 +64,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.steps = 450  # the demo's 10 minutes on 2 cores, installs included (README)
     c.batch_size = 16  # global, over all processes and devices
     c.fsdp = 1
-    c.remat = False  # recompute activations in the backward pass (large images or batches)
+    c.remat = "none"  # "full", "dots", ...: recompute activations in the backward pass (large images or batches)
+    c.scan_layers = False  # True: one lax.scan over identical layers (compiles faster for deep models)
     c.compute_dtype = "float32"  # "bfloat16" on GPUs and TPUs (parameters and optimizer stay float32)
     c.log_every = 25
     c.checkpoint_every = 250

@@ -16,11 +16,11 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from m2f_jax.config import Mask2FormerConfig
+from m2f_jax.modeling.layers import UNROLLED, LayerExecution, run_units
 from m2f_jax.modeling.pixel_decoder import NUM_LEVELS
 from m2f_jax.modeling.position import sine_position_embedding
 from m2f_jax.modeling.precision import widen
-from m2f_jax.modeling.remat import call_layer
-from m2f_jax.modeling.valid_region import resize_valid, token_mask
+from m2f_jax.modeling.valid_region import FeatureMap, resize_valid, token_mask
 
 
 def _layer_norm(dim: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -39,9 +39,9 @@ class MultiHeadAttention(nnx.Module):
         self.k_proj = nnx.Linear(dim, dim, rngs=rngs)
         self.v_proj = nnx.Linear(dim, dim, rngs=rngs)
         self.out_proj = nnx.Linear(dim, dim, rngs=rngs)
-        self.dropout = nnx.Dropout(dropout, rngs=rngs)
+        self.dropout = nnx.Dropout(dropout, deterministic=True, rngs=rngs)
 
-    def __call__(self, query, query_pos, key, key_pos, blocked=None, deterministic: bool = True):
+    def __call__(self, query, query_pos, key, key_pos, blocked=None):
         b, tq, d = query.shape
         hd = d // self.num_heads
         q = self.q_proj(query + query_pos).reshape(b, tq, self.num_heads, hd) * hd**-0.5
@@ -50,7 +50,7 @@ class MultiHeadAttention(nnx.Module):
         logits = widen(jnp.einsum("bqhd,bkhd->bhqk", q, k))
         if blocked is not None:
             logits = jnp.where(blocked, -jnp.inf, logits)
-        probs = self.dropout(jax.nn.softmax(logits, axis=-1), deterministic=deterministic).astype(v.dtype)
+        probs = self.dropout(jax.nn.softmax(logits, axis=-1)).astype(v.dtype)
         out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, tq, d)
         return self.out_proj(out)
 
@@ -66,24 +66,23 @@ class MaskedAttentionDecoderLayer(nnx.Module):
         self.fc1 = nnx.Linear(d, config.dim_feedforward, rngs=rngs)
         self.fc2 = nnx.Linear(config.dim_feedforward, d, rngs=rngs)
         self.final_layer_norm = _layer_norm(d, rngs)
-        self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
+        self.dropout = nnx.Dropout(config.dropout, deterministic=True, rngs=rngs)
 
-    def __call__(self, x, query_pos, memory, memory_pos, blocked, deterministic: bool):
-        def drop(y):
-            return self.dropout(y, deterministic=deterministic)
+    def __call__(self, x, query_pos, memory: DecoderMemory, blocked):
+        drop = self.dropout
 
         def ffn(y):
             return drop(self.fc2(drop(jax.nn.relu(self.fc1(y)))))
 
         if self.pre_norm:
             y = self.cross_attn_layer_norm(x)
-            x = x + drop(self.cross_attn(y, query_pos, memory, memory_pos, blocked, deterministic))
+            x = x + drop(self.cross_attn(y, query_pos, memory.values, memory.position, blocked))
             y = self.self_attn_layer_norm(x)
-            x = x + drop(self.self_attn(y, query_pos, y, query_pos, None, deterministic))
+            x = x + drop(self.self_attn(y, query_pos, y, query_pos))
             return x + ffn(self.final_layer_norm(x))
-        x = x + drop(self.cross_attn(x, query_pos, memory, memory_pos, blocked, deterministic))
+        x = x + drop(self.cross_attn(x, query_pos, memory.values, memory.position, blocked))
         x = self.cross_attn_layer_norm(x)
-        x = self.self_attn_layer_norm(x + drop(self.self_attn(x, query_pos, x, query_pos, None, deterministic)))
+        x = self.self_attn_layer_norm(x + drop(self.self_attn(x, query_pos, x, query_pos)))
         return self.final_layer_norm(x + ffn(x))
 
 
@@ -107,18 +106,29 @@ class MaskPredictor(nnx.Module):
         self.num_heads = config.num_attention_heads
         self.mask_embedder = MLP(config.hidden_dim, config.hidden_dim, config.mask_feature_size, 3, rngs=rngs)
 
-    def __call__(self, queries, mask_features, mask_sizes, attention_shape, attention_sizes):
-        """queries (B, Q, D), mask_features (B, H, W, C) whose valid sizes are mask_sizes (B, 2) ->
-        mask logits (B, Q, H, W), and the (B, 1, Q, h*w) blocked-key mask for the next layer's
-        cross-attention over an `attention_shape` map whose valid sizes are `attention_sizes`."""
+    def __call__(self, queries, mask_features: FeatureMap, next_memory: DecoderMemory):
+        """queries (B, Q, D) -> mask logits (B, Q, H, W) over `mask_features`, and the (B, 1, Q, h*w)
+        blocked-key mask for the next layer's cross-attention over `next_memory`."""
         embed = self.mask_embedder(queries)
-        logits = jnp.einsum("bqc,bhwc->bqhw", embed, mask_features)
-        small = resize_valid(jax.lax.stop_gradient(logits), mask_sizes, attention_sizes, attention_shape, (2, 3))
-        exists = token_mask(attention_sizes, *attention_shape).reshape(small.shape[0], 1, -1)
+        logits = jnp.einsum("bqc,bhwc->bqhw", embed, mask_features.values)
+        small = resize_valid(
+            jax.lax.stop_gradient(logits), mask_features.sizes, next_memory.sizes, next_memory.shape, (2, 3)
+        )
+        exists = token_mask(next_memory.sizes, *next_memory.shape).reshape(small.shape[0], 1, -1)
         blocked = (jax.nn.sigmoid(widen(small)).reshape(*small.shape[:2], -1) < 0.5) | ~exists
         # A query whose mask is empty everywhere attends everywhere (in its image) instead.
         blocked = jnp.where(jnp.all(blocked, axis=-1, keepdims=True), ~exists, blocked)
         return logits, blocked[:, None]
+
+
+@struct.dataclass
+class DecoderMemory:
+    """One scale of the pixel decoder's output as the decoder attends to it."""
+
+    values: jnp.ndarray  # (B, h*w, D) tokens + level embedding
+    position: jnp.ndarray  # (B, h*w, D) sine position embedding
+    sizes: jnp.ndarray  # (B, 2) each image's valid (h, w)
+    shape: tuple[int, int] = struct.field(pytree_node=False)  # (h, w)
 
 
 @struct.dataclass
@@ -128,18 +138,47 @@ class DecoderOutput:
 
 
 class MaskedAttentionDecoder(nnx.Module):
-    def __init__(self, config: Mask2FormerConfig, *, rngs: nnx.Rngs):
+    """The decoder layers, their shared final norm and the prediction head. Layer i attends to
+    memory i mod 3; the layers run in rounds of three (one per scale), the unit that repeats."""
+
+    def __init__(self, config: Mask2FormerConfig, execution: LayerExecution, *, rngs: nnx.Rngs):
         self.layers = nnx.List(
             [MaskedAttentionDecoderLayer(config, rngs=rngs) for _ in range(config.decoder_layers - 1)]
         )
         self.layernorm = _layer_norm(config.hidden_dim, rngs)
         self.mask_predictor = MaskPredictor(config, rngs=rngs)
+        self.execution = execution
+
+    def __call__(self, queries, query_pos, memories: tuple[DecoderMemory, ...], mask_features: FeatureMap):
+        """queries, query_pos (B, Q, D) -> a prediction before the first layer and after each one."""
+        normed = self.layernorm(queries)
+        mask_logits, blocked = self.mask_predictor(normed, mask_features, memories[0])
+        intermediate, masks = [normed], [mask_logits]
+
+        def apply(unit, carry, _):
+            x, blocked = carry
+            outputs = []
+            for level, layer in enumerate(unit):  # a round starts at the coarsest memory
+                x = layer(x, query_pos, memories[level], blocked)
+                normed = self.layernorm(x)
+                mask_logits, blocked = self.mask_predictor(normed, mask_features, memories[(level + 1) % NUM_LEVELS])
+                outputs.append((normed, mask_logits))
+            return (x, blocked), outputs
+
+        layers = list(self.layers)
+        rounds = [tuple(layers[i : i + NUM_LEVELS]) for i in range(0, len(layers), NUM_LEVELS)]
+        _, outputs = run_units(rounds, apply, (queries, blocked), self.execution)
+        for round_outputs in outputs:
+            for normed, mask_logits in round_outputs:
+                intermediate.append(normed)
+                masks.append(mask_logits)
+        return DecoderOutput(tuple(intermediate), tuple(masks))
 
 
 class TransformerModule(nnx.Module):
     """Queries, memories with their position and level embeddings, and the decoder."""
 
-    def __init__(self, config: Mask2FormerConfig, *, rngs: nnx.Rngs):
+    def __init__(self, config: Mask2FormerConfig, execution: LayerExecution = UNROLLED, *, rngs: nnx.Rngs):
         d = config.hidden_dim
         self.hidden_dim = d
         self.queries_embedder = nnx.Embed(config.num_queries, d, rngs=rngs)
@@ -149,49 +188,28 @@ class TransformerModule(nnx.Module):
         self.input_projections = nnx.List(
             [nnx.Conv(config.feature_size, d, (1, 1), rngs=rngs) for _ in range(NUM_LEVELS)] if needs_projection else []
         )
-        self.decoder = MaskedAttentionDecoder(config, rngs=rngs)
+        self.decoder = MaskedAttentionDecoder(config, execution, rngs=rngs)
 
-    def __call__(
-        self,
-        multi_scale_features,
-        mask_features,
-        feature_sizes,
-        mask_sizes,
-        deterministic: bool = True,
-        remat: bool = False,
-    ) -> DecoderOutput:
-        """multi_scale_features: the pixel decoder's maps, coarsest first, with per-image valid sizes
-        feature_sizes ((B, 2) each); mask_features (B, H, W, C) with valid sizes mask_sizes."""
-        b = mask_features.shape[0]
-        memories, memory_pos, shapes = [], [], []
+    def __call__(self, multi_scale_features: tuple[FeatureMap, ...], mask_features: FeatureMap) -> DecoderOutput:
+        """multi_scale_features: the pixel decoder's maps, coarsest first; mask_features at stride 4."""
+        b = mask_features.values.shape[0]
+        memories = []
         for i, feature in enumerate(multi_scale_features[:NUM_LEVELS]):
-            h, w = feature.shape[1:3]
-            shapes.append((h, w))
+            h, w = feature.shape
+            values = feature.values
             if len(self.input_projections):
-                feature = self.input_projections[i](feature)
-            memories.append(feature.reshape(b, h * w, -1) + self.level_embed.embedding[...][i])
-            pos = sine_position_embedding(feature_sizes[i], h, w, self.hidden_dim // 2, feature.dtype)
-            memory_pos.append(pos.reshape(b, h * w, -1).astype(feature.dtype))
+                values = self.input_projections[i](values)
+            pos = sine_position_embedding(feature.sizes, h, w, self.hidden_dim // 2, values.dtype)
+            memories.append(
+                DecoderMemory(
+                    values=values.reshape(b, h * w, -1) + self.level_embed.embedding[...][i],
+                    position=pos.reshape(b, h * w, -1).astype(values.dtype),
+                    sizes=feature.sizes,
+                    shape=(h, w),
+                )
+            )
         query_pos = jnp.broadcast_to(
             self.queries_embedder.embedding[...][None], (b,) + self.queries_embedder.embedding.shape
         )
-        x = jnp.broadcast_to(self.queries_features.embedding[...][None], query_pos.shape)
-
-        decoder = self.decoder
-        normed = decoder.layernorm(x)
-        mask_logits, blocked = decoder.mask_predictor(normed, mask_features, mask_sizes, shapes[0], feature_sizes[0])
-        intermediate, masks = [normed], [mask_logits]
-        for i, layer in enumerate(decoder.layers):
-            level = i % NUM_LEVELS
-            x = call_layer(
-                layer, x, query_pos, memories[level], memory_pos[level], blocked, deterministic,
-                remat=remat, static_argnums=(5,),
-            )  # fmt: skip
-            normed = decoder.layernorm(x)
-            nxt = (i + 1) % NUM_LEVELS
-            mask_logits, blocked = decoder.mask_predictor(
-                normed, mask_features, mask_sizes, shapes[nxt], feature_sizes[nxt]
-            )
-            intermediate.append(normed)
-            masks.append(mask_logits)
-        return DecoderOutput(tuple(intermediate), tuple(masks))
+        queries = jnp.broadcast_to(self.queries_features.embedding[...][None], query_pos.shape)
+        return self.decoder(queries, query_pos, tuple(memories), mask_features)

@@ -9,10 +9,11 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from m2f_jax.config import Mask2FormerConfig
-from m2f_jax.modeling.decoder import TransformerModule
-from m2f_jax.modeling.pixel_decoder import PixelDecoder
+from m2f_jax.modeling.decoder import DecoderOutput, TransformerModule
+from m2f_jax.modeling.layers import UNROLLED, LayerExecution
+from m2f_jax.modeling.pixel_decoder import PixelDecoder, PixelDecoderOutput
 from m2f_jax.modeling.swin import SwinBackbone
-from m2f_jax.modeling.valid_region import image_sizes, stage_sizes, token_mask
+from m2f_jax.modeling.valid_region import FeatureMap, image_sizes, token_mask
 
 
 @struct.dataclass
@@ -76,15 +77,26 @@ def _from_torch(x):
 
 
 class PixelLevelModule(nnx.Module):
-    def __init__(self, config: Mask2FormerConfig, *, rngs: nnx.Rngs):
-        self.encoder = SwinBackbone(config.backbone_config, rngs=rngs)
-        self.decoder = PixelDecoder(config, config.backbone_config.stage_channels, rngs=rngs)
+    """The backbone and the pixel decoder."""
+
+    def __init__(self, config: Mask2FormerConfig, execution: LayerExecution, *, rngs: nnx.Rngs):
+        self.encoder = SwinBackbone(config.backbone_config, execution, rngs=rngs)
+        self.decoder = PixelDecoder(config, config.backbone_config.stage_channels, execution, rngs=rngs)
+
+    def __call__(self, pixels: FeatureMap) -> tuple[tuple[FeatureMap, ...], PixelDecoderOutput]:
+        features = self.encoder(pixels)
+        return features, self.decoder(features)
 
 
 class Mask2FormerModel(nnx.Module):
-    def __init__(self, config: Mask2FormerConfig, *, rngs: nnx.Rngs):
-        self.pixel_level_module = PixelLevelModule(config, rngs=rngs)
-        self.transformer_module = TransformerModule(config, rngs=rngs)
+    def __init__(self, config: Mask2FormerConfig, execution: LayerExecution, *, rngs: nnx.Rngs):
+        self.pixel_level_module = PixelLevelModule(config, execution, rngs=rngs)
+        self.transformer_module = TransformerModule(config, execution, rngs=rngs)
+
+    def __call__(self, pixels: FeatureMap) -> tuple[tuple[FeatureMap, ...], PixelDecoderOutput, DecoderOutput]:
+        features, pixel_decoded = self.pixel_level_module(pixels)
+        decoded = self.transformer_module(pixel_decoded.multi_scale_features, pixel_decoded.mask_features)
+        return features, pixel_decoded, decoded
 
 
 class Mask2FormerForUniversalSegmentation(nnx.Module):
@@ -98,10 +110,14 @@ class Mask2FormerForUniversalSegmentation(nnx.Module):
     # model built from a config. A plain str: static in NNX's graph, so jit and split/merge carry it.
     name_or_path: str | None = None
 
-    def __init__(self, config: Mask2FormerConfig, *, rngs: nnx.Rngs):
+    def __init__(self, config: Mask2FormerConfig, *, rngs: nnx.Rngs, execution: LayerExecution = UNROLLED):
         self.config = config
-        self.model = Mask2FormerModel(config, rngs=rngs)
+        self.model = Mask2FormerModel(config, execution, rngs=rngs)
         self.class_predictor = nnx.Linear(config.hidden_dim, config.num_labels + 1, rngs=rngs)
+
+    def set_execution(self, execution: LayerExecution) -> None:
+        """How the repeated layers run from now on (remat policy, scan); the values do not change."""
+        self.set_attributes(execution=execution)
 
     @classmethod
     def from_pretrained(
@@ -124,17 +140,14 @@ class Mask2FormerForUniversalSegmentation(nnx.Module):
         pixel_values: jnp.ndarray,
         pixel_mask: jnp.ndarray | None = None,
         *,
-        deterministic: bool = True,
         output_hidden_states: bool = False,
-        remat: bool = False,
         **processor_outputs,
     ) -> Mask2FormerOutput:
         """pixel_values (B, H, W, C) float; pixel_mask (B, H, W), True on real pixels, which must form
         a top-left rectangle of each image (as the image processor pads). Each image's predictions
         on its valid region then equal those for the image alone; outside it they mean nothing.
-        `deterministic=False` turns dropout and drop-path on (the model's 'dropout' RNG stream).
-        `remat=True` recomputes the activations of every Swin block, pixel-decoder layer and decoder
-        layer in the backward pass instead of storing them (less memory for training, same values).
+        Dropout and drop-path are on after `model.train()` (drawing from the model's 'dropout' RNG
+        streams) and off after `model.eval()`, the state a new or loaded model starts in.
         The processor's other outputs (`image_sizes`, `original_sizes`) are accepted and not needed, so
         `model(**processor(images))` works as with HF."""
         _check_processor_outputs(processor_outputs)
@@ -144,18 +157,7 @@ class Mask2FormerForUniversalSegmentation(nnx.Module):
         sizes = image_sizes(pixel_mask, b, height, width)
         if pixel_mask is not None:
             pixel_values = jnp.where(token_mask(sizes, height, width)[..., None], pixel_values, 0.0)
-        backbone = self.model.pixel_level_module.encoder
-        features = backbone(pixel_values, sizes, deterministic, remat)
-        per_stage = stage_sizes(sizes, self.config.backbone_config.patch_size, len(features))
-        pixel_decoder = self.model.pixel_level_module.decoder(features, per_stage, deterministic, remat)
-        decoded = self.model.transformer_module(
-            pixel_decoder.multi_scale_features,
-            pixel_decoder.mask_features,
-            per_stage[::-1][:3],
-            per_stage[0],
-            deterministic,
-            remat,
-        )
+        features, pixel_decoder, decoded = self.model(FeatureMap(pixel_values, sizes))
         class_logits = [self.class_predictor(h) for h in decoded.intermediate_hidden_states]
         auxiliary = tuple(
             {"class_queries_logits": c, "masks_queries_logits": m}
@@ -165,9 +167,11 @@ class Mask2FormerForUniversalSegmentation(nnx.Module):
             class_queries_logits=class_logits[-1],
             masks_queries_logits=decoded.masks_queries_logits[-1],
             auxiliary_logits=auxiliary,
-            encoder_hidden_states=features if output_hidden_states else None,
-            pixel_decoder_hidden_states=pixel_decoder.multi_scale_features if output_hidden_states else None,
-            mask_features=pixel_decoder.mask_features if output_hidden_states else None,
+            encoder_hidden_states=tuple(f.values for f in features) if output_hidden_states else None,
+            pixel_decoder_hidden_states=(
+                tuple(f.values for f in pixel_decoder.multi_scale_features) if output_hidden_states else None
+            ),
+            mask_features=pixel_decoder.mask_features.values if output_hidden_states else None,
         )
 
     def _check_inputs(self, pixel_values, pixel_mask) -> None:

@@ -18,10 +18,10 @@ from flax import nnx, struct
 
 from m2f_jax.config import Mask2FormerConfig
 from m2f_jax.modeling.deform_attn import MultiscaleDeformableAttention
+from m2f_jax.modeling.layers import UNROLLED, LayerExecution, run_units
 from m2f_jax.modeling.position import sine_position_embedding
 from m2f_jax.modeling.precision import wide_dtype
-from m2f_jax.modeling.remat import call_layer
-from m2f_jax.modeling.valid_region import resize_valid, token_mask
+from m2f_jax.modeling.valid_region import FeatureMap, resize_valid
 
 NUM_LEVELS = 3  # deformable attention runs on strides 8, 16 and 32
 NUM_POINTS = 4
@@ -57,21 +57,37 @@ class PixelDecoderEncoderLayer(nnx.Module):
         self.fc1 = nnx.Linear(d, config.encoder_feedforward_dim, rngs=rngs)
         self.fc2 = nnx.Linear(config.encoder_feedforward_dim, d, rngs=rngs)
         self.final_layer_norm = nnx.LayerNorm(d, epsilon=1e-5, use_fast_variance=False, rngs=rngs)
-        self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
+        self.dropout = nnx.Dropout(config.dropout, deterministic=True, rngs=rngs)
 
-    def __call__(
-        self, x, position_embeddings, reference_points, spatial_shapes, valid_shapes, valid_tokens, deterministic
-    ):
-        y = self.self_attn(x, position_embeddings, reference_points, spatial_shapes, valid_shapes, valid_tokens)
-        x = self.self_attn_layer_norm(x + self.dropout(y, deterministic=deterministic))
-        y = self.dropout(jax.nn.relu(self.fc1(x)), deterministic=deterministic)
-        y = self.dropout(self.fc2(y), deterministic=deterministic)
-        return self.final_layer_norm(x + y)
+    def __call__(self, x, levels: EncoderLevels):
+        y = self.self_attn(
+            x, levels.position, levels.reference_points, levels.spatial_shapes, levels.valid_shapes, levels.valid_tokens
+        )
+        x = self.self_attn_layer_norm(x + self.dropout(y))
+        y = self.dropout(jax.nn.relu(self.fc1(x)))
+        return self.final_layer_norm(x + self.dropout(self.fc2(y)))
+
+
+@struct.dataclass
+class EncoderLevels:
+    """What every deformable encoder layer needs about the flattened levels besides the tokens."""
+
+    position: jnp.ndarray  # (B, S, D) sine position + level embeddings
+    reference_points: jnp.ndarray  # (B, S, L, 2) each token's centre, (x, y) relative to its image
+    valid_shapes: jnp.ndarray  # (B, L, 2) each image's valid (h, w) per level
+    valid_tokens: jnp.ndarray  # (B, S) bool
+    spatial_shapes: tuple[tuple[int, int], ...] = struct.field(pytree_node=False)  # (h, w) per level
 
 
 class PixelDecoderEncoder(nnx.Module):
-    def __init__(self, config: Mask2FormerConfig, *, rngs: nnx.Rngs):
+    def __init__(self, config: Mask2FormerConfig, execution: LayerExecution, *, rngs: nnx.Rngs):
         self.layers = nnx.List([PixelDecoderEncoderLayer(config, rngs=rngs) for _ in range(config.encoder_layers)])
+        self.execution = execution
+
+    def __call__(self, x: jnp.ndarray, levels: EncoderLevels) -> jnp.ndarray:
+        """x (B, S, D): the levels' tokens, flattened and concatenated -> refined, same shape."""
+        x, _ = run_units(list(self.layers), lambda layer, x, _: (layer(x, levels), None), x, self.execution)
+        return x
 
 
 def reference_points(
@@ -92,12 +108,21 @@ def reference_points(
 
 @struct.dataclass
 class PixelDecoderOutput:
-    mask_features: jnp.ndarray  # (B, H/4, W/4, mask_feature_size)
-    multi_scale_features: tuple[jnp.ndarray, ...]  # strides 32, 16, 8; (B, h, w, feature_size)
+    mask_features: FeatureMap  # (B, H/4, W/4, mask_feature_size)
+    multi_scale_features: tuple[FeatureMap, ...]  # strides 32, 16, 8; (B, h, w, feature_size)
 
 
 class PixelDecoder(nnx.Module):
-    def __init__(self, config: Mask2FormerConfig, feature_channels: tuple[int, ...], *, rngs: nnx.Rngs):
+    no_weight_decay = ("level_embed",)  # read by the optimizer's parameter groups
+
+    def __init__(
+        self,
+        config: Mask2FormerConfig,
+        feature_channels: tuple[int, ...],
+        execution: LayerExecution = UNROLLED,
+        *,
+        rngs: nnx.Rngs,
+    ):
         d = config.feature_size
         self.feature_size = d
         # Projections of strides 32, 16, 8 (coarsest first, as the encoder's levels are ordered).
@@ -105,54 +130,51 @@ class PixelDecoder(nnx.Module):
             [ConvNorm(c, d, 1, True, False, rngs=rngs) for c in feature_channels[-NUM_LEVELS:][::-1]]
         )
         self.level_embed = nnx.Param(jax.random.normal(rngs.params(), (NUM_LEVELS, d)))
-        self.encoder = PixelDecoderEncoder(config, rngs=rngs)
+        self.encoder = PixelDecoderEncoder(config, execution, rngs=rngs)
         # The stride-4 FPN level: lateral 1x1 conv and output 3x3 conv, both with GroupNorm.
         self.lateral_convs = nnx.List([ConvNorm(feature_channels[0], d, 1, False, False, rngs=rngs)])
         self.output_convs = nnx.List([ConvNorm(d, d, 3, False, True, rngs=rngs)])
         self.mask_projection = nnx.Conv(d, config.mask_feature_size, (1, 1), rngs=rngs)
 
-    def __call__(
-        self,
-        features: tuple[jnp.ndarray, ...],
-        sizes: list[jnp.ndarray],
-        deterministic: bool = True,
-        remat: bool = False,
-    ) -> PixelDecoderOutput:
-        """features: the backbone's four maps, stride 4 first, (B, h, w, C_i); sizes: each image's
-        valid (h, w) in each of them, (B, 2) per map."""
-        coarse_first = list(zip(features[::-1], sizes[::-1], strict=True))[:NUM_LEVELS]
-        valid = [token_mask(size, x.shape[1], x.shape[2]) for x, size in coarse_first]
-        levels = [proj(x, v) for proj, (x, _), v in zip(self.input_projections, coarse_first, valid, strict=True)]
-        b = levels[0].shape[0]
-        spatial_shapes = tuple((x.shape[1], x.shape[2]) for x in levels)
-        valid_shapes = jnp.stack([size for _, size in coarse_first], axis=1)  # (B, L, 2)
+    def __call__(self, features: tuple[FeatureMap, ...]) -> PixelDecoderOutput:
+        """features: the backbone's four maps, stride 4 first."""
+        coarse_first = features[::-1][:NUM_LEVELS]
+        levels = [
+            FeatureMap(proj(f.values, f.valid), f.sizes)
+            for proj, f in zip(self.input_projections, coarse_first, strict=True)
+        ]
+        b = levels[0].values.shape[0]
+        dtype = levels[0].values.dtype
+        spatial_shapes = tuple(level.shape for level in levels)
+        valid_shapes = jnp.stack([level.sizes for level in levels], axis=1)  # (B, L, 2)
         level_embed = self.level_embed[...]
-        pos = jnp.concatenate(
+        position = jnp.concatenate(
             [
-                sine_position_embedding(valid_shapes[:, i], h, w, self.feature_size // 2, levels[0].dtype).reshape(
-                    b, h * w, -1
-                )
+                sine_position_embedding(level.sizes, h, w, self.feature_size // 2, dtype).reshape(b, h * w, -1)
                 + level_embed[i]
-                for i, (h, w) in enumerate(spatial_shapes)
+                for i, (level, (h, w)) in enumerate(zip(levels, spatial_shapes, strict=True))
             ],
             axis=1,
-        ).astype(levels[0].dtype)
-        x = jnp.concatenate([lvl.reshape(b, -1, self.feature_size) for lvl in levels], axis=1)
-        valid_tokens = jnp.concatenate([v.reshape(b, -1) for v in valid], axis=1)
-        ref = reference_points(spatial_shapes, valid_shapes, levels[0].dtype)
-        ref = jnp.broadcast_to(ref[:, :, None, :], (b, ref.shape[1], NUM_LEVELS, 2))
-        for layer in self.encoder.layers:
-            x = call_layer(
-                layer, x, pos, ref, spatial_shapes, valid_shapes, valid_tokens, deterministic,
-                remat=remat, static_argnums=(3, 6),
-            )  # fmt: skip
+        ).astype(dtype)
+        ref = reference_points(spatial_shapes, valid_shapes, dtype)
+        encoder_levels = EncoderLevels(
+            position=position,
+            reference_points=jnp.broadcast_to(ref[:, :, None, :], (b, ref.shape[1], NUM_LEVELS, 2)),
+            valid_shapes=valid_shapes,
+            valid_tokens=jnp.concatenate([level.valid.reshape(b, -1) for level in levels], axis=1),
+            spatial_shapes=spatial_shapes,
+        )
+        x = jnp.concatenate([level.values.reshape(b, -1, self.feature_size) for level in levels], axis=1)
+        x = self.encoder(x, encoder_levels)
 
         outputs, start = [], 0
-        for h, w in spatial_shapes:
-            outputs.append(x[:, start : start + h * w].reshape(b, h, w, self.feature_size))
+        for level, (h, w) in zip(levels, spatial_shapes, strict=True):
+            outputs.append(level.replace(values=x[:, start : start + h * w].reshape(b, h, w, self.feature_size)))
             start += h * w
-        fine_valid = token_mask(sizes[0], features[0].shape[1], features[0].shape[2])
-        lateral = self.lateral_convs[0](features[0], fine_valid)
-        fpn = lateral + resize_valid(outputs[-1], valid_shapes[:, -1], sizes[0], lateral.shape[1:3])
-        fpn = self.output_convs[0](fpn, fine_valid)
-        return PixelDecoderOutput(mask_features=self.mask_projection(fpn), multi_scale_features=tuple(outputs))
+        fine = features[0]
+        lateral = self.lateral_convs[0](fine.values, fine.valid)
+        fpn = lateral + resize_valid(outputs[-1].values, outputs[-1].sizes, fine.sizes, lateral.shape[1:3])
+        fpn = self.output_convs[0](fpn, fine.valid)
+        return PixelDecoderOutput(
+            mask_features=FeatureMap(self.mask_projection(fpn), fine.sizes), multi_scale_features=tuple(outputs)
+        )

@@ -18,9 +18,9 @@ import numpy as np
 from flax import nnx
 
 from m2f_jax.config import SwinConfig
+from m2f_jax.modeling.layers import UNROLLED, LayerExecution, run_units
 from m2f_jax.modeling.precision import widen
-from m2f_jax.modeling.remat import call_layer
-from m2f_jax.modeling.valid_region import image_sizes, stage_sizes, token_mask
+from m2f_jax.modeling.valid_region import FeatureMap, token_mask
 
 
 def layer_norm(dim: int, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -69,25 +69,28 @@ class SwinPatchEmbeddings(nnx.Module):
             config.num_channels, config.embed_dim, kernel_size=(p, p), strides=(p, p), padding="VALID", rngs=rngs
         )
 
-    def __call__(self, pixel_values: jnp.ndarray) -> jnp.ndarray:
-        _, h, w, _ = pixel_values.shape
+    def __call__(self, pixels: FeatureMap) -> FeatureMap:
+        _, h, w, _ = pixels.values.shape
         p = self.patch_size
-        pixel_values = jnp.pad(pixel_values, ((0, 0), (0, -h % p), (0, -w % p), (0, 0)))
-        return self.projection(pixel_values)
+        x = jnp.pad(pixels.values, ((0, 0), (0, -h % p), (0, -w % p), (0, 0)))
+        return FeatureMap(self.projection(x), -(-pixels.sizes // p))
 
 
 class SwinEmbeddings(nnx.Module):
     def __init__(self, config: SwinConfig, *, rngs: nnx.Rngs):
         self.patch_embeddings = SwinPatchEmbeddings(config, rngs=rngs)
         self.norm = layer_norm(config.embed_dim, 1e-5, rngs)
-        self.dropout = nnx.Dropout(config.hidden_dropout_prob, rngs=rngs)
+        self.dropout = nnx.Dropout(config.hidden_dropout_prob, deterministic=True, rngs=rngs)
 
-    def __call__(self, pixel_values: jnp.ndarray, deterministic: bool) -> jnp.ndarray:
-        return self.dropout(self.norm(self.patch_embeddings(pixel_values)), deterministic=deterministic)
+    def __call__(self, pixels: FeatureMap) -> FeatureMap:
+        tokens = self.patch_embeddings(pixels)
+        return tokens.replace(values=self.dropout(self.norm(tokens.values)))
 
 
 class SwinWindowAttention(nnx.Module):
     """Multi-head self-attention inside windows, with a learned relative position bias."""
+
+    no_weight_decay = ("relative_position_bias_table",)  # read by the optimizer's parameter groups
 
     def __init__(self, config: SwinConfig, dim: int, num_heads: int, *, rngs: nnx.Rngs):
         self.num_heads = num_heads
@@ -100,11 +103,9 @@ class SwinWindowAttention(nnx.Module):
         self.relative_position_bias_table = nnx.Param(
             0.02 * jax.random.truncated_normal(rngs.params(), -2.0, 2.0, (table_size, num_heads))
         )
-        self.attn_dropout = nnx.Dropout(config.attention_probs_dropout_prob, rngs=rngs)
+        self.attn_dropout = nnx.Dropout(config.attention_probs_dropout_prob, deterministic=True, rngs=rngs)
 
-    def __call__(
-        self, windows: jnp.ndarray, shift_mask: np.ndarray | None, key_ok: jnp.ndarray, deterministic: bool
-    ) -> jnp.ndarray:
+    def __call__(self, windows: jnp.ndarray, shift_mask: np.ndarray | None, key_ok: jnp.ndarray) -> jnp.ndarray:
         """windows (B, nW, N, C) -> (B, nW, N, C); `shift_mask` (nW, N, N) additive or None;
         `key_ok` (B, nW, N) False for keys that must not be attended to."""
         b, nw, n, c = windows.shape
@@ -123,8 +124,7 @@ class SwinWindowAttention(nnx.Module):
         if shift_mask is not None:
             logits = logits + jnp.asarray(shift_mask)[None, :, None]
         logits = jnp.where(key_ok[:, :, None, None, :], widen(logits), -1e9)
-        probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-        probs = self.attn_dropout(probs, deterministic=deterministic)
+        probs = self.attn_dropout(jax.nn.softmax(logits, axis=-1).astype(v.dtype))
         out = jnp.einsum("bwhqk,bwkhd->bwqhd", probs, v).reshape(b, nw, n, c)
         return self.o_proj(out)
 
@@ -139,25 +139,42 @@ class SwinMLP(nnx.Module):
         return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
 
 
+class DropPath(nnx.Module):
+    """Stochastic depth: in training mode, drops a residual branch for whole samples with
+    probability `rate` and scales the kept ones by 1 / (1 - rate). The rate is an argument (the
+    stage's schedule gives each block its own), so blocks stay identical in structure and can be
+    scanned."""
+
+    def __init__(self, *, rngs: nnx.Rngs):
+        self.deterministic = True
+        self.rngs = rngs["dropout"].fork()
+
+    def __call__(self, x: jnp.ndarray, rate) -> jnp.ndarray:
+        if self.deterministic:
+            return x
+        keep = 1.0 - jnp.asarray(rate, jnp.float32)
+        kept = jax.random.bernoulli(self.rngs(), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+        return jnp.where(kept, x / jnp.maximum(keep, 1e-6).astype(x.dtype), 0.0)
+
+
 class SwinBlock(nnx.Module):
     """(Shifted-)window attention and MLP, each pre-normalised and residual, with stochastic depth."""
 
-    def __init__(self, config: SwinConfig, dim: int, num_heads: int, shift: int, drop_path: float, *, rngs):
+    def __init__(self, config: SwinConfig, dim: int, num_heads: int, shift: int, *, rngs):
         self.window_size = config.window_size
         self.shift_size = shift
         self.layernorm_before = layer_norm(dim, config.layer_norm_eps, rngs)
         self.attention = SwinWindowAttention(config, dim, num_heads, rngs=rngs)
         self.layernorm_after = layer_norm(dim, config.layer_norm_eps, rngs)
         self.mlp = SwinMLP(config, dim, rngs=rngs)
-        self.dropout = nnx.Dropout(config.hidden_dropout_prob, rngs=rngs)
-        # One keep/drop decision per sample: the dropout mask is broadcast over H, W and C.
-        self.drop_path = nnx.Dropout(drop_path, broadcast_dims=(1, 2, 3), rngs=rngs)
+        self.dropout = nnx.Dropout(config.hidden_dropout_prob, deterministic=True, rngs=rngs)
+        self.drop_path = DropPath(rngs=rngs)
 
-    def __call__(self, x: jnp.ndarray, valid: jnp.ndarray, sizes: jnp.ndarray, deterministic: bool) -> jnp.ndarray:
-        """x (B, h, w, C); valid (B, h, w) the tokens inside each image; sizes (B, 2) their extent."""
+    def __call__(self, tokens: FeatureMap, drop_path_rate) -> FeatureMap:
+        x, sizes = tokens.values, tokens.sizes
         b, h, w, c = x.shape
         ws, shift = self.window_size, self.shift_size
-        y = jnp.where(valid[..., None], self.layernorm_before(x), 0.0)
+        y = jnp.where(tokens.valid[..., None], self.layernorm_before(x), 0.0)
         y = jnp.pad(y, ((0, 0), (0, -h % ws), (0, -w % ws), (0, 0)))
         hp, wp = y.shape[1:3]
         key_ok = token_mask(-(-sizes // ws) * ws, hp, wp)  # each image's own window-padded extent
@@ -166,14 +183,13 @@ class SwinBlock(nnx.Module):
             key_ok = jnp.roll(key_ok, (-shift, -shift), axis=(1, 2))
         mask = shifted_window_mask(hp, wp, ws, shift) if shift else None
         key_ok = window_partition(key_ok[..., None], ws)[..., 0]
-        y = self.attention(window_partition(y, ws), mask, key_ok, deterministic)
+        y = self.attention(window_partition(y, ws), mask, key_ok)
         y = window_merge(y, ws, hp, wp)
         if shift:
             y = jnp.roll(y, (shift, shift), axis=(1, 2))
-        y = self.dropout(y[:, :h, :w], deterministic=deterministic)
-        x = x + self.drop_path(y, deterministic=deterministic)
-        y = self.dropout(self.mlp(self.layernorm_after(x)), deterministic=deterministic)
-        return x + self.drop_path(y, deterministic=deterministic)
+        x = x + self.drop_path(self.dropout(y[:, :h, :w]), drop_path_rate)
+        x = x + self.drop_path(self.dropout(self.mlp(self.layernorm_after(x))), drop_path_rate)
+        return tokens.replace(values=x)
 
 
 class SwinPatchMerging(nnx.Module):
@@ -183,54 +199,83 @@ class SwinPatchMerging(nnx.Module):
         self.norm = layer_norm(4 * dim, 1e-5, rngs)
         self.reduction = nnx.Linear(4 * dim, 2 * dim, use_bias=False, rngs=rngs)
 
-    def __call__(self, x: jnp.ndarray, valid: jnp.ndarray) -> jnp.ndarray:
-        _, h, w, _ = x.shape
-        x = jnp.where(valid[..., None], x, 0.0)
+    def __call__(self, tokens: FeatureMap) -> FeatureMap:
+        _, h, w, _ = tokens.values.shape
+        x = jnp.where(tokens.valid[..., None], tokens.values, 0.0)
         x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
         x = jnp.concatenate([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], axis=-1)
-        return self.reduction(self.norm(x))
+        return FeatureMap(self.reduction(self.norm(x)), (tokens.sizes + 1) // 2)
 
 
 class SwinStage(nnx.Module):
-    def __init__(self, config: SwinConfig, index: int, drop_paths: list[float], *, rngs: nnx.Rngs):
+    """Blocks alternating plain and shifted windows, then (except in the last stage) a patch
+    merging. The blocks run in pairs (one plain, one shifted), the unit that repeats."""
+
+    def __init__(
+        self, config: SwinConfig, index: int, drop_path_rates: list[float], execution: LayerExecution, *, rngs
+    ):
         dim = config.stage_channels[index]
         self.blocks = nnx.List(
             [
                 SwinBlock(
-                    config,
-                    dim,
-                    config.num_heads[index],
-                    shift=0 if i % 2 == 0 else config.window_size // 2,
-                    drop_path=drop_paths[i],
-                    rngs=rngs,
+                    config, dim, config.num_heads[index], shift=0 if i % 2 == 0 else config.window_size // 2, rngs=rngs
                 )
                 for i in range(config.depths[index])
             ]
         )
+        self.drop_path_rates = tuple(drop_path_rates)  # stochastic depth rises linearly with depth
         last = index == len(config.depths) - 1
         self.downsample = None if last else SwinPatchMerging(dim, rngs=rngs)
+        self.execution = execution
+
+    def __call__(self, tokens: FeatureMap) -> tuple[FeatureMap, FeatureMap | None]:
+        """-> (the stage's output, the merged tokens for the next stage or None after the last)."""
+        blocks, rates = list(self.blocks), self.drop_path_rates
+        units = [tuple(blocks[i : i + 2]) for i in range(0, len(blocks), 2)]
+        unit_rates = [np.asarray(rates[i : i + 2], np.float32) for i in range(0, len(blocks), 2)]
+
+        def apply(unit, x, unit_rate):
+            for block, rate in zip(unit, unit_rate, strict=True):
+                x = block(tokens.replace(values=x), rate).values
+            return x, None
+
+        x, _ = run_units(units, apply, tokens.values, self.execution, unit_rates)
+        out = tokens.replace(values=x)
+        return out, None if self.downsample is None else self.downsample(out)
 
 
 class SwinEncoder(nnx.Module):
-    def __init__(self, config: SwinConfig, *, rngs: nnx.Rngs):
+    def __init__(self, config: SwinConfig, execution: LayerExecution, *, rngs: nnx.Rngs):
         total = sum(config.depths)
         rates = [config.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
         starts = np.cumsum((0,) + config.depths)
         self.layers = nnx.List(
-            [SwinStage(config, i, rates[starts[i] : starts[i + 1]], rngs=rngs) for i in range(len(config.depths))]
+            [
+                SwinStage(config, i, rates[starts[i] : starts[i + 1]], execution, rngs=rngs)
+                for i in range(len(config.depths))
+            ]
         )
+
+    def __call__(self, tokens: FeatureMap) -> list[FeatureMap]:
+        """-> each stage's output, stride 4 first."""
+        outputs = []
+        for stage in self.layers:
+            out, tokens = stage(tokens)
+            outputs.append(out)
+        return outputs
 
 
 class SwinBackbone(nnx.Module):
-    """pixel_values (B, H, W, C) -> the four stage outputs (B, H/4, W/4, C1) ... (B, H/32, W/32, C4).
+    """pixels (B, H, W, C) with their valid sizes -> the four normalised stage outputs, strides 4 to 32.
 
-    Odd sides are padded up (so a stage side is ceil(previous / 2)), as in the reference.
+    Odd sides are padded up (so a stage side is ceil(previous / 2)), as in the reference; the
+    valid sizes are rounded the same way.
     """
 
-    def __init__(self, config: SwinConfig, *, rngs: nnx.Rngs):
-        self.config = config
+    def __init__(self, config: SwinConfig, execution: LayerExecution = UNROLLED, *, rngs: nnx.Rngs):
+        self.stage_names = tuple(config.out_features)
         self.embeddings = SwinEmbeddings(config, rngs=rngs)
-        self.encoder = SwinEncoder(config, rngs=rngs)
+        self.encoder = SwinEncoder(config, execution, rngs=rngs)
         self.hidden_states_norms = nnx.Dict(
             {
                 name: layer_norm(ch, 1e-5, rngs)
@@ -238,27 +283,10 @@ class SwinBackbone(nnx.Module):
             }
         )
 
-    def __call__(
-        self,
-        pixel_values: jnp.ndarray,
-        sizes: jnp.ndarray | None = None,
-        deterministic: bool = True,
-        remat: bool = False,
-    ) -> tuple[jnp.ndarray, ...]:
-        """`sizes` (B, 2): each image's valid (h, w) in pixels (default: the whole input); the
-        features outside each image's valid region are not meaningful. `remat`: recompute each
-        block's activations in the backward pass."""
-        b, height, width, _ = pixel_values.shape
-        if sizes is None:
-            sizes = image_sizes(None, b, height, width)
-        x = self.embeddings(pixel_values, deterministic)
-        features = []
-        per_stage = stage_sizes(sizes, self.config.patch_size, len(self.encoder.layers))
-        for name, stage, stage_size in zip(self.config.out_features, self.encoder.layers, per_stage, strict=True):
-            valid = token_mask(stage_size, x.shape[1], x.shape[2])
-            for block in stage.blocks:
-                x = call_layer(block, x, valid, stage_size, deterministic, remat=remat, static_argnums=(3,))
-            features.append(self.hidden_states_norms[name](x))
-            if stage.downsample is not None:
-                x = stage.downsample(x, valid)
-        return tuple(features)
+    def __call__(self, pixels: FeatureMap) -> tuple[FeatureMap, ...]:
+        """The features outside each image's valid region are not meaningful."""
+        stages = self.encoder(self.embeddings(pixels))
+        return tuple(
+            out.replace(values=self.hidden_states_norms[name](out.values))
+            for name, out in zip(self.stage_names, stages, strict=True)
+        )

@@ -2,16 +2,38 @@
 
 With a `pixel_mask`, each image's real pixels form a top-left rectangle of a larger canvas. The
 model then computes, on that rectangle, exactly what it computes for the image alone: these
-helpers give the per-image sizes at each feature stride (as the backbone rounds them: ceil at the
-patch embedding, ceil(n / 2) at each patch merging), token masks, and bilinear resizing between
-per-image sizes (PyTorch's align_corners=False rule applied to each image's own extent).
+helpers give a feature map together with its per-image sizes, token masks, and bilinear
+resizing between per-image sizes (PyTorch's align_corners=False rule applied to each image's own extent).
 """
 
 from __future__ import annotations
 
 import jax.numpy as jnp
+from flax import struct
 
 from m2f_jax.modeling.precision import wide_dtype
+
+
+@struct.dataclass
+class FeatureMap:
+    """A batch of maps with each image's valid extent: what the image alone would have there.
+
+    values (B, h, w, C); sizes (B, 2) int32, each image's valid (h, w) in this map (a top-left
+    rectangle). Computed once from the pixel mask, the sizes travel with the features through
+    the backbone (which rounds them as its patch embedding and mergings do) and the decoders.
+    """
+
+    values: jnp.ndarray
+    sizes: jnp.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.values.shape[1], self.values.shape[2]
+
+    @property
+    def valid(self) -> jnp.ndarray:
+        """(B, h, w) bool: True on each image's own positions."""
+        return token_mask(self.sizes, *self.shape)
 
 
 def image_sizes(pixel_mask: jnp.ndarray | None, batch: int, height: int, width: int) -> jnp.ndarray:
@@ -21,14 +43,6 @@ def image_sizes(pixel_mask: jnp.ndarray | None, batch: int, height: int, width: 
     rows = jnp.sum(jnp.any(pixel_mask, axis=2), axis=1)
     cols = jnp.sum(jnp.any(pixel_mask, axis=1), axis=1)
     return jnp.stack([rows, cols], axis=-1).astype(jnp.int32)
-
-
-def stage_sizes(sizes: jnp.ndarray, patch_size: int, num_stages: int) -> list[jnp.ndarray]:
-    """Per-image valid sizes of the backbone stages: ceil(size / patch), then ceil(n / 2) per stage."""
-    out = [(sizes + patch_size - 1) // patch_size]
-    for _ in range(num_stages - 1):
-        out.append((out[-1] + 1) // 2)
-    return out
 
 
 def token_mask(sizes: jnp.ndarray, height: int, width: int) -> jnp.ndarray:

@@ -19,9 +19,10 @@ from m2f_jax.data.transforms import AugmentConfig
 from m2f_jax.inference import TTA_MAX_SIZE, TTA_SCALES
 from m2f_jax.losses import LossConfig
 from m2f_jax.modeling import Mask2FormerForUniversalSegmentation
+from m2f_jax.modeling.layers import LayerExecution
 from m2f_jax.processing.preprocess import ImageProcessor
 from m2f_jax.training.mesh import batch_sharding, replicated, state_sharding
-from m2f_jax.training.optimizer import OptimizerConfig, build_optimizer, learning_rate_schedule
+from m2f_jax.training.optimizer import OptimizerConfig, build_optimizer, learning_rate_schedule, parameter_groups
 from m2f_jax.training.step import TrainState, init_state, make_train_step
 from m2f_jax.training.validation import validate as validate  # the whole config, before any work
 
@@ -146,8 +147,9 @@ def _state_builder(c: Any, config: Mask2FormerConfig, opt_config: OptimizerConfi
     def build():
         return Mask2FormerForUniversalSegmentation(config, rngs=nnx.Rngs(params=c.seed, dropout=c.seed + 1))
 
-    graphdef, abstract_params, _ = nnx.split(nnx.eval_shape(build), nnx.Param, ...)
-    tx = build_optimizer(opt_config, abstract_params)
+    abstract = nnx.eval_shape(build)
+    graphdef = nnx.graphdef(abstract)
+    tx = build_optimizer(opt_config, parameter_groups(abstract))
     return graphdef, lambda: init_state(build(), tx, c.seed + 2)[1]
 
 
@@ -169,11 +171,16 @@ def initial_state(
         from m2f_jax.weights import from_pretrained
 
         model = from_pretrained(c.model.init_from, seed=c.seed)
-        graphdef, state = init_state(model, build_optimizer(opt_config, nnx.state(model, nnx.Param)), c.seed)
+        graphdef, state = init_state(model, build_optimizer(opt_config, parameter_groups(model)), c.seed)
         return graphdef, jax.device_put(state, state_sharding(mesh, state))
     graphdef, init = _state_builder(c, config, opt_config)
     shardings = state_sharding(mesh, jax.eval_shape(init))
     return graphdef, jax.jit(init, out_shardings=shardings)()
+
+
+def layer_execution(c: Any) -> LayerExecution:
+    """The config's remat policy ("none" or a name in REMAT_POLICIES) and scan_layers switch."""
+    return LayerExecution(remat=None if c.remat == "none" else c.remat, scan=c.scan_layers)
 
 
 def jitted_train_step(
@@ -189,11 +196,9 @@ def jitted_train_step(
     over every device; the metrics come back replicated. compiler_options: XLA's, for this step only
     (the tests compile at {"xla_backend_optimization_level": 0}: the same values, compiled in half the
     time)."""
-    tx = build_optimizer(opt_config, state.params)
+    tx = build_optimizer(opt_config, parameter_groups(nnx.merge(graphdef, state.params, state.rngs)))
     losses = loss_config(c, config)
-    step = make_train_step(
-        graphdef, tx, losses, processor(c).normalize, compute_dtype=jnp.dtype(c.compute_dtype), remat=c.remat
-    )
+    step = make_train_step(graphdef, tx, losses, processor(c).normalize, jnp.dtype(c.compute_dtype), layer_execution(c))
     shardings = jax.tree.map(lambda x: x.sharding, state)
     return jax.jit(
         step,

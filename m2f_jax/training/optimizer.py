@@ -2,12 +2,13 @@
 no weight decay on norms, embeddings and relative position bias tables, full-model gradient
 clipping, poly or multi-step schedules with an optional linear warmup, optional accumulation.
 
-Parameter groups are decided from the parameter's dotted path (as `m2f_jax.weights` names them):
-- backbone: under `model.pixel_level_module.encoder.` (the Swin), learning rate x `backbone_multiplier`
+Parameter groups come from the model's structure (`parameter_groups`):
+- backbone: the parameters inside the backbone module, learning rate x `backbone_multiplier`
   (the weight decay is scaled with it, as torch's AdamW multiplies it by the group's rate);
-- no weight decay: parameters of norm layers (LayerNorm, GroupNorm), embedding tables (query
-  features and embeddings, the decoder's level embedding) and the pixel decoder's level embedding,
-  and Swin's relative position bias tables. Linear and conv biases are decayed, as in detectron2.
+- no weight decay: the parameters of norm layers (LayerNorm, GroupNorm) and embedding tables
+  (nnx.Embed), and those a module lists in its `no_weight_decay` class attribute (the pixel
+  decoder's level embedding, Swin's relative position bias tables). Linear and conv biases are
+  decayed, as in detectron2.
 """
 
 from __future__ import annotations
@@ -19,16 +20,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
 
-BACKBONE_PREFIX = "model.pixel_level_module.encoder."
-_NO_DECAY_LEAVES = ("embedding", "level_embed", "relative_position_bias_table")
+from m2f_jax.modeling.swin import SwinBackbone
 
-
-def decays(name: str) -> bool:
-    """Whether the parameter called `name` gets weight decay: not in a norm layer, not an
-    embedding table, level embedding or relative position bias table."""
-    *modules, leaf = name.split(".")
-    return leaf not in _NO_DECAY_LEAVES and not any("norm" in module for module in modules)
+_BACKBONES = (SwinBackbone,)
+_NO_DECAY_MODULES = (nnx.LayerNorm, nnx.GroupNorm, nnx.Embed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,17 +89,35 @@ def path_name(path) -> str:
     return ".".join(parts)
 
 
-def parameter_groups(params: Any) -> tuple[Any, Any]:
-    """Two trees like `params`: whether each parameter is in the backbone, and whether it decays."""
-    in_backbone = jax.tree_util.tree_map_with_path(lambda p, _: path_name(p).startswith(BACKBONE_PREFIX), params)
-    decay = jax.tree_util.tree_map_with_path(lambda p, _: decays(path_name(p)), params)
-    return in_backbone, decay
+def parameter_groups(model: nnx.Module) -> tuple[Any, Any]:
+    """Two trees like `nnx.state(model, nnx.Param)`: whether each parameter is in the backbone, and
+    whether it decays, decided by the module that holds it (see the module docstring)."""
+    backbone, no_decay_modules, no_decay = [], [], set()
+    for path, node in nnx.iter_graph(model):
+        prefix = ".".join(str(key) for key in path)
+        if isinstance(node, _BACKBONES):
+            backbone.append(prefix + ".")
+        if isinstance(node, _NO_DECAY_MODULES):
+            no_decay_modules.append(prefix + ".")
+        no_decay.update(f"{prefix}.{name}" for name in getattr(type(node), "no_weight_decay", ()))
+
+    def in_backbone(path, _):
+        return path_name(path).startswith(tuple(backbone))
+
+    def decays(path, _):
+        name = path_name(path)
+        return name not in no_decay and not name.startswith(tuple(no_decay_modules))
+
+    params = nnx.state(model, nnx.Param)
+    return jax.tree_util.tree_map_with_path(in_backbone, params), jax.tree_util.tree_map_with_path(decays, params)
 
 
-def build_optimizer(config: OptimizerConfig, params: Any) -> optax.GradientTransformation:
+def build_optimizer(config: OptimizerConfig, groups: tuple[Any, Any]) -> optax.GradientTransformation:
     """clip -> Adam moments -> decoupled weight decay (masked) -> x -lr(t) -> x group multiplier,
-    wrapped in `optax.MultiSteps` when accumulating gradients over several micro-batches."""
-    in_backbone, decay_mask = parameter_groups(params)
+    wrapped in `optax.MultiSteps` when accumulating gradients over several micro-batches.
+    groups: (in_backbone, decays), trees of booleans shaped like the parameters
+    (`parameter_groups(model)`)."""
+    in_backbone, decay_mask = groups
     multipliers = jax.tree.map(lambda b: config.backbone_multiplier if b else 1.0, in_backbone)
     chain = [
         optax.clip_by_global_norm(config.clip_norm) if config.clip_norm else optax.identity(),
@@ -125,9 +140,9 @@ def _scale_by_tree(multipliers: Any) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def describe_groups(params: Any) -> Mapping[str, list[str]]:
+def describe_groups(model: nnx.Module) -> Mapping[str, list[str]]:
     """Parameter names per group, for logging and tests."""
-    in_backbone, decay = parameter_groups(params)
+    in_backbone, decay = parameter_groups(model)
     groups: dict[str, list[str]] = {"backbone": [], "no_weight_decay": []}
     for (path, b), d in zip(jax.tree_util.tree_flatten_with_path(in_backbone)[0], jax.tree.leaves(decay), strict=True):
         if b:

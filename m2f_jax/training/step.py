@@ -19,6 +19,7 @@ from flax import nnx, struct
 from m2f_jax.data.batch import model_inputs
 from m2f_jax.losses import LossConfig, mask2former_loss
 from m2f_jax.modeling import Mask2FormerForUniversalSegmentation
+from m2f_jax.modeling.layers import UNROLLED, LayerExecution
 from m2f_jax.processing.targets import PaddedTargets
 
 
@@ -98,7 +99,7 @@ def make_train_step(
     loss_config: LossConfig,
     normalize: Callable[[jax.Array], jax.Array],
     compute_dtype: Any = jnp.float32,
-    remat: bool = False,
+    execution: LayerExecution = UNROLLED,
 ) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """The step on a host batch (m2f_jax.data.batch: uint8 images, target maps): images normalised by
     `normalize` (the image processor's) and binary target masks built here on the device; then the
@@ -109,13 +110,15 @@ def make_train_step(
     compute_dtype: the forward and backward run on a copy of the parameters and the images in this
     dtype (bfloat16 on accelerators); the parameters, gradients and optimizer state stay float32,
     and the modules keep softmax, norm statistics, sampling and the loss in float32.
-    remat: recompute the layers' activations in the backward pass (see the model's `remat`)."""
+    execution: how the repeated layers run (rematerialisation policy, scan); the same values."""
 
     def loss_fn(params, rngs, batch, key):
         # copy=True: fresh Variables at this trace level, so dropout can advance the RNG counts.
         model = nnx.merge(graphdef, cast_floating(params, compute_dtype), rngs, copy=True)
+        model.set_execution(execution)
+        model.train()
         pixels, pixel_mask, masks = model_inputs(batch, normalize)
-        outputs = model(pixels.astype(compute_dtype), pixel_mask=pixel_mask, deterministic=False, remat=remat)
+        outputs = model(pixels.astype(compute_dtype), pixel_mask=pixel_mask)
         targets = PaddedTargets(masks=masks, labels=batch["class_labels"], valid=batch["mask_valid"])
         loss, parts = mask2former_loss(outputs, targets, key, loss_config)
         return loss, (parts, nnx.state(model, nnx.Not(nnx.Param)))

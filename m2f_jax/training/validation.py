@@ -16,6 +16,7 @@ from typing import Any
 
 from m2f_jax.data.sources import SOURCES
 from m2f_jax.data.transforms import KINDS
+from m2f_jax.modeling.layers import REMAT_POLICIES
 
 # A check returns None when the value is fine, else what was expected ("must be ...").
 Check = Callable[[Any], "str | None"]
@@ -156,7 +157,8 @@ FIELDS: dict[str, Check] = {
     "steps": POSITIVE,
     "batch_size": POSITIVE,
     "fsdp": POSITIVE,
-    "remat": boolean,
+    "remat": choice("none", *REMAT_POLICIES),  # rematerialisation policy of the repeated layers
+    "scan_layers": boolean,  # one lax.scan over identical layers: compile time independent of depth
     "compute_dtype": choice("float32", "bfloat16"),
     "log_every": POSITIVE,
     "checkpoint_every": POSITIVE,

@@ -10,7 +10,7 @@ May change on resume (reported, then recorded in experiment.json):
   log_every, checkpoint_every, keep_checkpoints, data.eval_images (not used by training);
 - data.workers (the batches do not depend on it), data.max_skipped, and where the data lies
   (data.options.root, data.options.data_dir: the same data set, moved);
-- fsdp (the state is resharded when restored), remat (same values, less memory),
+- fsdp (the state is resharded when restored), remat and scan_layers (same values, other memory or speed),
   compute_dtype, loss.matcher (both solve the same assignment);
 - optimizer.* except accumulation_steps: a deliberate change of the recipe from here on, e.g. a
   lower learning rate after a divergence.
@@ -33,7 +33,7 @@ EXPERIMENT_FILE = "experiment.json"
 MODEL_FILE = "config.json"
 MAY_CHANGE_ON_RESUME = (
     "steps", "log_every", "checkpoint_every", "keep_checkpoints", "data.eval_images", "data.workers",
-    "data.max_skipped", "data.options.root", "data.options.data_dir", "fsdp", "remat", "compute_dtype",
+    "data.max_skipped", "data.options.root", "data.options.data_dir", "fsdp", "remat", "scan_layers", "compute_dtype",
     "loss.matcher", "optimizer.*", "eval.*",
 )  # fmt: skip
 MAY_NOT_CHANGE_ON_RESUME = ("optimizer.accumulation_steps",)  # exceptions to the patterns above
