@@ -15,7 +15,8 @@ errors of the difference), in distribution (two-sample Kolmogorov-Smirnov), and 
 schemes lie within the bound and reach close to it. The reference sample passes the same bound
 checks, which tests the scale formulas against PyTorch. The group sizes make a scheme with a
 different scale (lecun normal for xavier, fan-out for fan-in, a split in_proj's fans) fail by many
-standard errors, while a correct one passes with a false-alarm chance of order 1e-8 per check.
+standard errors, while a correct one fails a check by chance with probability at most 1e-6 (the
+Kolmogorov-Smirnov check; about 1e-9 for the others).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import math
 import re
 from collections.abc import Callable
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -194,7 +196,10 @@ def models():
         for name, p in hf_model.named_parameters()
         if not any(re.search(pattern, name) for pattern in IGNORED_KEYS)
     }
-    ours = model_params(Mask2FormerForUniversalSegmentation(CONFIG, rngs=nnx.Rngs(0)))
+    # The "rbg" generator: the same initialisers with half the XLA compile time of the default one
+    # (most of this test's time is compiling the random draws, one program per parameter shape).
+    rngs = nnx.Rngs(jax.random.key(0, impl="rbg"))
+    ours = model_params(Mask2FormerForUniversalSegmentation(CONFIG, rngs=rngs))
     return theirs, ours
 
 
