@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from m2f_jax.config import Mask2FormerConfig
+from m2f_jax.modeling import initializers as init
 from m2f_jax.modeling.layers import UNROLLED, LayerExecution, run_units
 from m2f_jax.modeling.pixel_decoder import NUM_LEVELS
 from m2f_jax.modeling.position import sine_position_embedding
@@ -35,10 +36,11 @@ class MultiHeadAttention(nnx.Module):
 
     def __init__(self, dim: int, num_heads: int, dropout: float, *, rngs: nnx.Rngs):
         self.num_heads = num_heads
-        self.q_proj = nnx.Linear(dim, dim, rngs=rngs)
-        self.k_proj = nnx.Linear(dim, dim, rngs=rngs)
-        self.v_proj = nnx.Linear(dim, dim, rngs=rngs)
-        self.out_proj = nnx.Linear(dim, dim, rngs=rngs)
+        # q, k and v as the thirds of nn.MultiheadAttention's fused in_proj_weight, as the original draws them.
+        self.q_proj = nnx.Linear(dim, dim, kernel_init=init.fused_xavier_uniform(3), rngs=rngs)
+        self.k_proj = nnx.Linear(dim, dim, kernel_init=init.fused_xavier_uniform(3), rngs=rngs)
+        self.v_proj = nnx.Linear(dim, dim, kernel_init=init.fused_xavier_uniform(3), rngs=rngs)
+        self.out_proj = nnx.Linear(dim, dim, kernel_init=init.xavier_uniform(), rngs=rngs)
         self.dropout = nnx.Dropout(dropout, deterministic=True, rngs=rngs)
 
     def __call__(self, query, query_pos, key, key_pos, blocked=None):
@@ -63,8 +65,20 @@ class MaskedAttentionDecoderLayer(nnx.Module):
         self.cross_attn_layer_norm = _layer_norm(d, rngs)
         self.self_attn = MultiHeadAttention(d, heads, config.dropout, rngs=rngs)
         self.self_attn_layer_norm = _layer_norm(d, rngs)
-        self.fc1 = nnx.Linear(d, config.dim_feedforward, rngs=rngs)
-        self.fc2 = nnx.Linear(config.dim_feedforward, d, rngs=rngs)
+        self.fc1 = nnx.Linear(
+            d,
+            config.dim_feedforward,
+            kernel_init=init.xavier_uniform(),
+            bias_init=init.torch_default_bias(d),
+            rngs=rngs,
+        )
+        self.fc2 = nnx.Linear(
+            config.dim_feedforward,
+            d,
+            kernel_init=init.xavier_uniform(),
+            bias_init=init.torch_default_bias(config.dim_feedforward),
+            rngs=rngs,
+        )
         self.final_layer_norm = _layer_norm(d, rngs)
         self.dropout = nnx.Dropout(config.dropout, deterministic=True, rngs=rngs)
 
@@ -91,7 +105,14 @@ class MLP(nnx.Module):
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int, *, rngs: nnx.Rngs):
         dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
-        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(dims[:-1], dims[1:], strict=True)])
+        self.layers = nnx.List(
+            [
+                nnx.Linear(
+                    a, b, kernel_init=init.torch_default_kernel(), bias_init=init.torch_default_bias(a), rngs=rngs
+                )
+                for a, b in zip(dims[:-1], dims[1:], strict=True)
+            ]
+        )
 
     def __call__(self, x):
         for i, layer in enumerate(self.layers):
@@ -181,12 +202,17 @@ class TransformerModule(nnx.Module):
     def __init__(self, config: Mask2FormerConfig, execution: LayerExecution = UNROLLED, *, rngs: nnx.Rngs):
         d = config.hidden_dim
         self.hidden_dim = d
-        self.queries_embedder = nnx.Embed(config.num_queries, d, rngs=rngs)
-        self.queries_features = nnx.Embed(config.num_queries, d, rngs=rngs)
-        self.level_embed = nnx.Embed(NUM_LEVELS, d, rngs=rngs)
+        self.queries_embedder = nnx.Embed(config.num_queries, d, embedding_init=init.normal(1.0), rngs=rngs)
+        self.queries_features = nnx.Embed(config.num_queries, d, embedding_init=init.normal(1.0), rngs=rngs)
+        self.level_embed = nnx.Embed(NUM_LEVELS, d, embedding_init=init.normal(1.0), rngs=rngs)
         needs_projection = config.feature_size != d or config.enforce_input_projection
         self.input_projections = nnx.List(
-            [nnx.Conv(config.feature_size, d, (1, 1), rngs=rngs) for _ in range(NUM_LEVELS)] if needs_projection else []
+            [
+                nnx.Conv(config.feature_size, d, (1, 1), kernel_init=init.c2_xavier_fill(), rngs=rngs)
+                for _ in range(NUM_LEVELS)
+            ]
+            if needs_projection
+            else []
         )
         self.decoder = MaskedAttentionDecoder(config, execution, rngs=rngs)
 

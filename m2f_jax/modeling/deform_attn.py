@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from m2f_jax.modeling import initializers as init
 from m2f_jax.modeling.precision import wide_dtype, widen
 
 _CORNER_DY = np.array([0, 0, 1, 1], np.int32)  # numpy: importing must not start the XLA backend
@@ -121,10 +122,18 @@ class MultiscaleDeformableAttention(nnx.Module):
 
     def __init__(self, embed_dim: int, num_heads: int, n_levels: int, n_points: int, *, rngs: nnx.Rngs):
         self.n_heads, self.n_levels, self.n_points = num_heads, n_levels, n_points
-        self.sampling_offsets = nnx.Linear(embed_dim, num_heads * n_levels * n_points * 2, rngs=rngs)
-        self.attention_weights = nnx.Linear(embed_dim, num_heads * n_levels * n_points, rngs=rngs)
-        self.value_proj = nnx.Linear(embed_dim, embed_dim, rngs=rngs)
-        self.output_proj = nnx.Linear(embed_dim, embed_dim, rngs=rngs)
+        self.sampling_offsets = nnx.Linear(
+            embed_dim,
+            num_heads * n_levels * n_points * 2,
+            kernel_init=init.zeros,
+            bias_init=init.sampling_offsets_bias(num_heads, n_levels, n_points),
+            rngs=rngs,
+        )
+        self.attention_weights = nnx.Linear(
+            embed_dim, num_heads * n_levels * n_points, kernel_init=init.zeros, bias_init=init.zeros, rngs=rngs
+        )
+        self.value_proj = nnx.Linear(embed_dim, embed_dim, kernel_init=init.xavier_uniform(), rngs=rngs)
+        self.output_proj = nnx.Linear(embed_dim, embed_dim, kernel_init=init.xavier_uniform(), rngs=rngs)
 
     def __call__(
         self,

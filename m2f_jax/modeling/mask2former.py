@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from m2f_jax.config import Mask2FormerConfig
+from m2f_jax.modeling import initializers as init
 from m2f_jax.modeling.decoder import DecoderOutput, TransformerModule
 from m2f_jax.modeling.layers import UNROLLED, LayerExecution
 from m2f_jax.modeling.pixel_decoder import PixelDecoder, PixelDecoderOutput
@@ -113,7 +114,13 @@ class Mask2FormerForUniversalSegmentation(nnx.Module):
     def __init__(self, config: Mask2FormerConfig, *, rngs: nnx.Rngs, execution: LayerExecution = UNROLLED):
         self.config = config
         self.model = Mask2FormerModel(config, execution, rngs=rngs)
-        self.class_predictor = nnx.Linear(config.hidden_dim, config.num_labels + 1, rngs=rngs)
+        self.class_predictor = nnx.Linear(
+            config.hidden_dim,
+            config.num_labels + 1,
+            kernel_init=init.torch_default_kernel(),
+            bias_init=init.torch_default_bias(config.hidden_dim),
+            rngs=rngs,
+        )
 
     def set_execution(self, execution: LayerExecution) -> None:
         """How the repeated layers run from now on (remat policy, scan); the values do not change."""

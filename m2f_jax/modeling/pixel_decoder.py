@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from m2f_jax.config import Mask2FormerConfig
+from m2f_jax.modeling import initializers as init
 from m2f_jax.modeling.deform_attn import MultiscaleDeformableAttention
 from m2f_jax.modeling.layers import UNROLLED, LayerExecution, run_units
 from m2f_jax.modeling.position import sine_position_embedding
@@ -34,8 +35,28 @@ def group_norm(dim: int, rngs: nnx.Rngs) -> nnx.GroupNorm:
 class ConvNorm(nnx.Module):
     """Convolution followed by GroupNorm(32) (and ReLU when asked): the decoder's conv unit."""
 
-    def __init__(self, in_dim: int, out_dim: int, kernel: int, use_bias: bool, relu: bool, *, rngs: nnx.Rngs):
-        self.conv = nnx.Conv(in_dim, out_dim, (kernel, kernel), padding=kernel // 2, use_bias=use_bias, rngs=rngs)
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        kernel: int,
+        use_bias: bool,
+        relu: bool,
+        *,
+        kernel_init: init.Initializer | None = None,
+        rngs: nnx.Rngs,
+    ):
+        """`kernel_init`: detectron2's c2_xavier_fill (the FPN convs) unless given; the bias is zero."""
+        kernel_init = kernel_init or init.c2_xavier_fill()
+        self.conv = nnx.Conv(
+            in_dim,
+            out_dim,
+            (kernel, kernel),
+            padding=kernel // 2,
+            use_bias=use_bias,
+            kernel_init=kernel_init,
+            rngs=rngs,
+        )
         self.norm = group_norm(out_dim, rngs)
         self.relu = relu
 
@@ -54,8 +75,20 @@ class PixelDecoderEncoderLayer(nnx.Module):
         d = config.feature_size
         self.self_attn = MultiscaleDeformableAttention(d, config.num_attention_heads, NUM_LEVELS, NUM_POINTS, rngs=rngs)
         self.self_attn_layer_norm = nnx.LayerNorm(d, epsilon=1e-5, use_fast_variance=False, rngs=rngs)
-        self.fc1 = nnx.Linear(d, config.encoder_feedforward_dim, rngs=rngs)
-        self.fc2 = nnx.Linear(config.encoder_feedforward_dim, d, rngs=rngs)
+        self.fc1 = nnx.Linear(
+            d,
+            config.encoder_feedforward_dim,
+            kernel_init=init.xavier_uniform(),
+            bias_init=init.torch_default_bias(d),
+            rngs=rngs,
+        )
+        self.fc2 = nnx.Linear(
+            config.encoder_feedforward_dim,
+            d,
+            kernel_init=init.xavier_uniform(),
+            bias_init=init.torch_default_bias(config.encoder_feedforward_dim),
+            rngs=rngs,
+        )
         self.final_layer_norm = nnx.LayerNorm(d, epsilon=1e-5, use_fast_variance=False, rngs=rngs)
         self.dropout = nnx.Dropout(config.dropout, deterministic=True, rngs=rngs)
 
@@ -127,14 +160,19 @@ class PixelDecoder(nnx.Module):
         self.feature_size = d
         # Projections of strides 32, 16, 8 (coarsest first, as the encoder's levels are ordered).
         self.input_projections = nnx.List(
-            [ConvNorm(c, d, 1, True, False, rngs=rngs) for c in feature_channels[-NUM_LEVELS:][::-1]]
+            [
+                ConvNorm(c, d, 1, True, False, kernel_init=init.xavier_uniform(), rngs=rngs)
+                for c in feature_channels[-NUM_LEVELS:][::-1]
+            ]
         )
         self.level_embed = nnx.Param(jax.random.normal(rngs.params(), (NUM_LEVELS, d)))
         self.encoder = PixelDecoderEncoder(config, execution, rngs=rngs)
         # The stride-4 FPN level: lateral 1x1 conv and output 3x3 conv, both with GroupNorm.
         self.lateral_convs = nnx.List([ConvNorm(feature_channels[0], d, 1, False, False, rngs=rngs)])
         self.output_convs = nnx.List([ConvNorm(d, d, 3, False, True, rngs=rngs)])
-        self.mask_projection = nnx.Conv(d, config.mask_feature_size, (1, 1), rngs=rngs)
+        self.mask_projection = nnx.Conv(
+            d, config.mask_feature_size, (1, 1), kernel_init=init.c2_xavier_fill(), rngs=rngs
+        )
 
     def __call__(self, features: tuple[FeatureMap, ...]) -> PixelDecoderOutput:
         """features: the backbone's four maps, stride 4 first."""

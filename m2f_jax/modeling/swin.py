@@ -18,6 +18,7 @@ import numpy as np
 from flax import nnx
 
 from m2f_jax.config import SwinConfig
+from m2f_jax.modeling import initializers as init
 from m2f_jax.modeling.layers import UNROLLED, LayerExecution, run_units
 from m2f_jax.modeling.precision import widen
 from m2f_jax.modeling.valid_region import FeatureMap, token_mask
@@ -66,7 +67,14 @@ class SwinPatchEmbeddings(nnx.Module):
         p = config.patch_size
         self.patch_size = p
         self.projection = nnx.Conv(
-            config.num_channels, config.embed_dim, kernel_size=(p, p), strides=(p, p), padding="VALID", rngs=rngs
+            config.num_channels,
+            config.embed_dim,
+            kernel_size=(p, p),
+            strides=(p, p),
+            padding="VALID",
+            kernel_init=init.torch_default_kernel(),
+            bias_init=init.torch_default_bias(config.num_channels * p * p),
+            rngs=rngs,
         )
 
     def __call__(self, pixels: FeatureMap) -> FeatureMap:
@@ -95,14 +103,12 @@ class SwinWindowAttention(nnx.Module):
     def __init__(self, config: SwinConfig, dim: int, num_heads: int, *, rngs: nnx.Rngs):
         self.num_heads = num_heads
         self.window_size = config.window_size
-        self.q_proj = nnx.Linear(dim, dim, use_bias=config.qkv_bias, rngs=rngs)
-        self.k_proj = nnx.Linear(dim, dim, use_bias=config.qkv_bias, rngs=rngs)
-        self.v_proj = nnx.Linear(dim, dim, use_bias=config.qkv_bias, rngs=rngs)
-        self.o_proj = nnx.Linear(dim, dim, rngs=rngs)
+        self.q_proj = nnx.Linear(dim, dim, use_bias=config.qkv_bias, kernel_init=init.trunc_normal(0.02), rngs=rngs)
+        self.k_proj = nnx.Linear(dim, dim, use_bias=config.qkv_bias, kernel_init=init.trunc_normal(0.02), rngs=rngs)
+        self.v_proj = nnx.Linear(dim, dim, use_bias=config.qkv_bias, kernel_init=init.trunc_normal(0.02), rngs=rngs)
+        self.o_proj = nnx.Linear(dim, dim, kernel_init=init.trunc_normal(0.02), rngs=rngs)
         table_size = (2 * config.window_size - 1) ** 2
-        self.relative_position_bias_table = nnx.Param(
-            0.02 * jax.random.truncated_normal(rngs.params(), -2.0, 2.0, (table_size, num_heads))
-        )
+        self.relative_position_bias_table = nnx.Param(init.trunc_normal(0.02)(rngs.params(), (table_size, num_heads)))
         self.attn_dropout = nnx.Dropout(config.attention_probs_dropout_prob, deterministic=True, rngs=rngs)
 
     def __call__(self, windows: jnp.ndarray, shift_mask: np.ndarray | None, key_ok: jnp.ndarray) -> jnp.ndarray:
@@ -132,8 +138,8 @@ class SwinWindowAttention(nnx.Module):
 class SwinMLP(nnx.Module):
     def __init__(self, config: SwinConfig, dim: int, *, rngs: nnx.Rngs):
         hidden = int(config.mlp_ratio * dim)
-        self.fc1 = nnx.Linear(dim, hidden, rngs=rngs)
-        self.fc2 = nnx.Linear(hidden, dim, rngs=rngs)
+        self.fc1 = nnx.Linear(dim, hidden, kernel_init=init.trunc_normal(0.02), rngs=rngs)
+        self.fc2 = nnx.Linear(hidden, dim, kernel_init=init.trunc_normal(0.02), rngs=rngs)
 
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
@@ -197,7 +203,7 @@ class SwinPatchMerging(nnx.Module):
 
     def __init__(self, dim: int, *, rngs: nnx.Rngs):
         self.norm = layer_norm(4 * dim, 1e-5, rngs)
-        self.reduction = nnx.Linear(4 * dim, 2 * dim, use_bias=False, rngs=rngs)
+        self.reduction = nnx.Linear(4 * dim, 2 * dim, use_bias=False, kernel_init=init.trunc_normal(0.02), rngs=rngs)
 
     def __call__(self, tokens: FeatureMap) -> FeatureMap:
         _, h, w, _ = tokens.values.shape
