@@ -45,6 +45,9 @@ def _define_flags() -> None:
     _F["buckets"] = flags.DEFINE_enum("buckets", "auto", ["auto", "none"], "pad inputs to shape buckets or not")
     _F["write_predictions"] = flags.DEFINE_boolean("write_predictions", False, "write predictions/ (see above)")
     _F["overwrite"] = flags.DEFINE_boolean("overwrite", False, "replace the results already in --output")
+    _F["dtype"] = flags.DEFINE_enum(
+        "dtype", "float32", ["float32", "bfloat16"], "compute dtype (bfloat16 on GPUs/TPUs)"
+    )
     flags.mark_flags_as_required(["config"])
 
 
@@ -105,6 +108,7 @@ def main(argv) -> int:
             model = m2f_jax.from_pretrained(values["model"])
     except (OSError, ValueError) as error:
         sys.exit(f"eval.py: {error}")
+    model.set_dtype(values["dtype"])
     out = values["output"] or (
         os.path.join(workdir, "eval", f"step_{step}")
         if workdir

@@ -214,6 +214,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", required=True, help="folder for the results (created)")
     parser.add_argument("--batch-size", type=int, default=4, help="images per jitted forward (padded)")
     parser.add_argument("--threshold", type=float, default=None, help="score threshold in [0, 1] (panoptic/instance)")
+    parser.add_argument(
+        "--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype (bfloat16 on GPUs/TPUs)"
+    )
     existing = parser.add_mutually_exclusive_group()
     existing.add_argument("--overwrite", action="store_true", help="replace results already in --output")
     existing.add_argument(
@@ -254,6 +257,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         model = m2f_jax.from_pretrained(args.model)
+        model.set_dtype(args.dtype)
         predictor = Predictor(model, default_processor(model), batch_size=args.batch_size)
     except (OSError, ValueError) as e:
         raise StartError(f"--model {args.model}: {e}") from e

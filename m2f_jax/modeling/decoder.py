@@ -228,7 +228,7 @@ class TransformerModule(nnx.Module):
             pos = sine_position_embedding(feature.sizes, h, w, self.hidden_dim // 2, values.dtype)
             memories.append(
                 DecoderMemory(
-                    values=values.reshape(b, h * w, -1) + self.level_embed.embedding[...][i],
+                    values=(values.reshape(b, h * w, -1) + self.level_embed.embedding[...][i]).astype(values.dtype),
                     position=pos.reshape(b, h * w, -1).astype(values.dtype),
                     sizes=feature.sizes,
                     shape=(h, w),

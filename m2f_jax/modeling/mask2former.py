@@ -13,6 +13,7 @@ from m2f_jax.modeling import initializers as init
 from m2f_jax.modeling.decoder import DecoderOutput, TransformerModule
 from m2f_jax.modeling.layers import UNROLLED, LayerExecution
 from m2f_jax.modeling.pixel_decoder import PixelDecoder, PixelDecoderOutput
+from m2f_jax.modeling.precision import widen
 from m2f_jax.modeling.swin import SwinBackbone
 from m2f_jax.modeling.valid_region import FeatureMap, image_sizes, token_mask
 
@@ -111,7 +112,15 @@ class Mask2FormerForUniversalSegmentation(nnx.Module):
     # model built from a config. A plain str: static in NNX's graph, so jit and split/merge carry it.
     name_or_path: str | None = None
 
-    def __init__(self, config: Mask2FormerConfig, *, rngs: nnx.Rngs, execution: LayerExecution = UNROLLED):
+    def __init__(
+        self,
+        config: Mask2FormerConfig,
+        *,
+        rngs: nnx.Rngs,
+        execution: LayerExecution = UNROLLED,
+        dtype: jnp.dtype | None = None,
+    ):
+        """execution: how repeated layers run (remat policy, scan); dtype: see `set_dtype`."""
         self.config = config
         self.model = Mask2FormerModel(config, execution, rngs=rngs)
         self.class_predictor = nnx.Linear(
@@ -121,6 +130,15 @@ class Mask2FormerForUniversalSegmentation(nnx.Module):
             bias_init=init.torch_default_bias(config.hidden_dim),
             rngs=rngs,
         )
+        self.set_dtype(dtype)
+
+    def set_dtype(self, dtype: jnp.dtype | str | None) -> None:
+        """The compute dtype from now on: bfloat16 on accelerators, float32, or None to follow the
+        inputs. Parameters keep their own dtype (float32: cast where used, so gradients and optimizer
+        state stay float32). Softmax, norm statistics, sampling locations, bilinear weights and
+        interpolation stay in float32 whatever it is, and the outputs are float32."""
+        self.dtype = None if dtype is None else jnp.dtype(dtype)
+        self.set_attributes(dtype=self.dtype)  # every layer with a dtype: Linear, Conv, norms, Embed
 
     def set_execution(self, execution: LayerExecution) -> None:
         """How the repeated layers run from now on (remat policy, scan); the values do not change."""
@@ -162,17 +180,20 @@ class Mask2FormerForUniversalSegmentation(nnx.Module):
         self._check_inputs(pixel_values, pixel_mask)
         b, height, width, _ = pixel_values.shape
         sizes = image_sizes(pixel_mask, b, height, width)
+        if self.dtype is not None:
+            pixel_values = pixel_values.astype(self.dtype)
         if pixel_mask is not None:
             pixel_values = jnp.where(token_mask(sizes, height, width)[..., None], pixel_values, 0.0)
         features, pixel_decoder, decoded = self.model(FeatureMap(pixel_values, sizes))
-        class_logits = [self.class_predictor(h) for h in decoded.intermediate_hidden_states]
+        class_logits = [widen(self.class_predictor(h)) for h in decoded.intermediate_hidden_states]
+        mask_logits = [widen(m) for m in decoded.masks_queries_logits]
         auxiliary = tuple(
             {"class_queries_logits": c, "masks_queries_logits": m}
-            for c, m in zip(class_logits[:-1], decoded.masks_queries_logits[:-1], strict=True)
+            for c, m in zip(class_logits[:-1], mask_logits[:-1], strict=True)
         )
         return Mask2FormerOutput(
             class_queries_logits=class_logits[-1],
-            masks_queries_logits=decoded.masks_queries_logits[-1],
+            masks_queries_logits=mask_logits[-1],
             auxiliary_logits=auxiliary,
             encoder_hidden_states=tuple(f.values for f in features) if output_hidden_states else None,
             pixel_decoder_hidden_states=(

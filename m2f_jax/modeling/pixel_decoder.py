@@ -68,6 +68,17 @@ class ConvNorm(nnx.Module):
         return jax.nn.relu(x) if self.relu else x
 
 
+@struct.dataclass
+class EncoderLevels:
+    """What every deformable encoder layer needs about the flattened levels besides the tokens."""
+
+    position: jnp.ndarray  # (B, S, D) sine position + level embeddings
+    reference_points: jnp.ndarray  # (B, S, L, 2) each token's centre, (x, y) relative to its image
+    valid_shapes: jnp.ndarray  # (B, L, 2) each image's valid (h, w) per level
+    valid_tokens: jnp.ndarray  # (B, S) bool
+    spatial_shapes: tuple[tuple[int, int], ...] = struct.field(pytree_node=False)  # (h, w) per level
+
+
 class PixelDecoderEncoderLayer(nnx.Module):
     """Deformable self-attention + FFN, post-norm."""
 
@@ -99,17 +110,6 @@ class PixelDecoderEncoderLayer(nnx.Module):
         x = self.self_attn_layer_norm(x + self.dropout(y))
         y = self.dropout(jax.nn.relu(self.fc1(x)))
         return self.final_layer_norm(x + self.dropout(self.fc2(y)))
-
-
-@struct.dataclass
-class EncoderLevels:
-    """What every deformable encoder layer needs about the flattened levels besides the tokens."""
-
-    position: jnp.ndarray  # (B, S, D) sine position + level embeddings
-    reference_points: jnp.ndarray  # (B, S, L, 2) each token's centre, (x, y) relative to its image
-    valid_shapes: jnp.ndarray  # (B, L, 2) each image's valid (h, w) per level
-    valid_tokens: jnp.ndarray  # (B, S) bool
-    spatial_shapes: tuple[tuple[int, int], ...] = struct.field(pytree_node=False)  # (h, w) per level
 
 
 class PixelDecoderEncoder(nnx.Module):

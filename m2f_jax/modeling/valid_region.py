@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import struct
 
-from m2f_jax.modeling.precision import wide_dtype
+from m2f_jax.modeling.precision import wide_dtype, widen
 
 
 @struct.dataclass
@@ -79,14 +79,11 @@ def resize_valid(
     spatial_axes: tuple[int, int] = (1, 2),
 ) -> jnp.ndarray:
     """Bilinearly resizes each image's valid (h, w) rectangle of `x` to its (h', w') rectangle in a
-    canvas of `out_shape`; outside it the result is zero. Batch is axis 0."""
+    canvas of `out_shape`; outside it the result is zero. Batch is axis 0. Computed in at least
+    float32 (the interpolation weights), returned in x's dtype."""
     h_axis, w_axis = spatial_axes
-    rows = _interpolation_matrices(in_sizes[:, 0], out_sizes[:, 0], x.shape[h_axis], out_shape[0], x.dtype).astype(
-        x.dtype
-    )
-    cols = _interpolation_matrices(in_sizes[:, 1], out_sizes[:, 1], x.shape[w_axis], out_shape[1], x.dtype).astype(
-        x.dtype
-    )
-    x = jnp.moveaxis(x, (h_axis, w_axis), (-2, -1))
-    x = jnp.einsum("boh,b...hw,bpw->b...op", rows, x, cols, precision="highest")
-    return jnp.moveaxis(x, (-2, -1), (h_axis, w_axis))
+    rows = _interpolation_matrices(in_sizes[:, 0], out_sizes[:, 0], x.shape[h_axis], out_shape[0], x.dtype)
+    cols = _interpolation_matrices(in_sizes[:, 1], out_sizes[:, 1], x.shape[w_axis], out_shape[1], x.dtype)
+    moved = jnp.moveaxis(widen(x), (h_axis, w_axis), (-2, -1))
+    moved = jnp.einsum("boh,b...hw,bpw->b...op", rows, moved, cols, precision="highest")
+    return jnp.moveaxis(moved, (-2, -1), (h_axis, w_axis)).astype(x.dtype)

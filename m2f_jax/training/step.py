@@ -65,11 +65,6 @@ def check_batch(batch: Mapping[str, Any], num_labels: int, step: int) -> None:
         )
 
 
-def cast_floating(tree: Any, dtype: Any) -> Any:
-    """Every floating-point leaf of `tree` cast to `dtype` (integer leaves, e.g. RNG counts, kept)."""
-    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
-
-
 def all_finite(loss: jax.Array, grad_norm: jax.Array, params: Any) -> jax.Array:
     """Whether the loss, the gradient norm and every updated parameter are finite: a huge learning
     rate can overflow the weights while the loss and gradient that led there were finite."""
@@ -107,18 +102,19 @@ def make_train_step(
     optimizer update. A non-finite loss, gradient norm or updated parameter leaves the state
     untouched (and says so in metrics["finite"]), so no state with non-finite weights exists.
 
-    compute_dtype: the forward and backward run on a copy of the parameters and the images in this
-    dtype (bfloat16 on accelerators); the parameters, gradients and optimizer state stay float32,
-    and the modules keep softmax, norm statistics, sampling and the loss in float32.
+    compute_dtype: the model's compute dtype in the step (bfloat16 on accelerators; see
+    `set_dtype`): the parameters, gradients and optimizer state stay float32, and softmax, norm
+    statistics, sampling and the loss stay float32.
     execution: how the repeated layers run (rematerialisation policy, scan); the same values."""
 
     def loss_fn(params, rngs, batch, key):
         # copy=True: fresh Variables at this trace level, so dropout can advance the RNG counts.
-        model = nnx.merge(graphdef, cast_floating(params, compute_dtype), rngs, copy=True)
+        model = nnx.merge(graphdef, params, rngs, copy=True)
         model.set_execution(execution)
+        model.set_dtype(compute_dtype)
         model.train()
         pixels, pixel_mask, masks = model_inputs(batch, normalize)
-        outputs = model(pixels.astype(compute_dtype), pixel_mask=pixel_mask)
+        outputs = model(pixels, pixel_mask=pixel_mask)
         targets = PaddedTargets(masks=masks, labels=batch["class_labels"], valid=batch["mask_valid"])
         loss, parts = mask2former_loss(outputs, targets, key, loss_config)
         return loss, (parts, nnx.state(model, nnx.Not(nnx.Param)))
