@@ -3,7 +3,7 @@
 from m2f_jax import visualize
 from m2f_jax.config import Mask2FormerConfig, SwinConfig, preset, preset_names
 from m2f_jax.inference import segment
-from m2f_jax.modeling import Mask2FormerForUniversalSegmentation, Mask2FormerOutput
+from m2f_jax.modeling import LayerExecution, Mask2FormerForUniversalSegmentation, Mask2FormerOutput
 from m2f_jax.processing.preprocess import ImageProcessor
 from m2f_jax.weights import convert_hf, from_pretrained, save_model
 
@@ -11,6 +11,7 @@ Mask2FormerImageProcessor = ImageProcessor  # HF's name, so a transformers noteb
 
 __all__ = [
     "ImageProcessor",
+    "LayerExecution",
     "Mask2FormerConfig",
     "Mask2FormerImageProcessor",
     "Mask2FormerForUniversalSegmentation",
