@@ -95,7 +95,8 @@ def test_bad_input_is_refused_before_work(model, pixels, message):
 
 def test_scan_and_remat_change_nothing():
     """Scanned units (Swin block pairs, encoder layers, decoder rounds) under a remat policy give the
-    unrolled model's outputs and gradients, in training mode: the same dropout and drop-path masks."""
+    unrolled model's outputs in training mode: the same dropout and drop-path masks. (Gradients
+    through the scanned, rematerialised layers: tests/test_train_step.py::test_remat_changes_nothing.)"""
     config = tiny_config(dropout=0.1, decoder_layers=7, encoder_layers=3)
     backbone = dataclasses.replace(config.backbone_config, depths=(2, 4, 2, 2), drop_path_rate=0.5)
     config = config.replace(backbone_config=backbone)
@@ -106,21 +107,16 @@ def test_scan_and_remat_change_nothing():
     def run(execution):
         model = Mask2FormerForUniversalSegmentation(config, rngs=nnx.Rngs(params=0, dropout=1), execution=execution)
         model.train()
-        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        graphdef, state = nnx.split(model)
+        forward = jax.jit(
+            lambda s: nnx.merge(graphdef, s, copy=True)(pixels, pixel_mask=jnp.asarray(pixel_mask)),
+            compiler_options=FAST_COMPILE,
+        )
+        return forward(state)
 
-        def loss(params):
-            out = nnx.merge(graphdef, params, rest, copy=True)(pixels, pixel_mask=jnp.asarray(pixel_mask))
-            return jnp.sum(out.masks_queries_logits[:, :, :5, :6] ** 2) + jnp.sum(out.class_queries_logits**2), out
-
-        (value, out), grads = jax.jit(jax.value_and_grad(loss, has_aux=True), compiler_options=FAST_COMPILE)(params)
-        return value, out, nnx.to_flat_state(grads)
-
-    value, out, grads = run(LayerExecution())
-    value_s, out_s, grads_s = run(LayerExecution(remat="full", scan=True))
-    np.testing.assert_allclose(float(value_s), float(value), rtol=1e-5)
-    np.testing.assert_allclose(out_s.masks_queries_logits, out.masks_queries_logits, atol=1e-4, rtol=1e-4)
-    # Relative to each gradient, and to the largest: the key biases' gradients are zero up to rounding.
-    largest = max(float(jnp.abs(g[...]).max()) for _, g in grads)
-    for (path, g), (_, g_s) in zip(grads, grads_s, strict=True):
-        tolerance = 1e-3 * float(jnp.abs(g[...]).max()) + 1e-5 * largest
-        assert float(jnp.abs(g_s[...] - g[...]).max()) <= tolerance, path
+    out = run(LayerExecution())
+    scanned = run(LayerExecution(remat="full", scan=True))
+    for name in ("class_queries_logits", "masks_queries_logits"):
+        np.testing.assert_allclose(scanned[name], out[name], atol=1e-4, rtol=1e-4)
+    for a, b in zip(out.auxiliary_logits, scanned.auxiliary_logits, strict=True):
+        np.testing.assert_allclose(b["masks_queries_logits"], a["masks_queries_logits"], atol=1e-4, rtol=1e-4)

@@ -25,6 +25,7 @@ from tiny_experiment import get_config
 def setup():
     c = get_config()
     c.optimizer.eps = 1e-2  # updates proportional to the gradient, for the remat comparison (see train_worker.py)
+    c.model.encoder_layers = 2  # two identical units, so the remat step below scans them
     mesh = make_mesh(1, devices=jax.devices()[:1])
     batches = experiment.train_batches(c, 0, 1)
     batches = [next(batches) for _ in range(2)]  # host batches 0 and 1
