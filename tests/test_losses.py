@@ -245,3 +245,37 @@ def test_config_is_checked():
         LossConfig(matcher="greedy")
     with pytest.raises(ValueError, match="candidates"):
         LossConfig(oversample_ratio=0.5)
+
+
+@pytest.mark.parametrize("pattern", ["first", "scattered", "none", "all"])
+def test_mask_losses_of_valid_chunks_equal_every_slot(pattern):
+    """The mask losses computed chunk by chunk on the valid slots alone equal the plain version that
+    computes every slot (values and gradients), wherever the valid slots lie."""
+    from m2f_jax.losses.criterion import _mask_losses, _mask_losses_reference
+
+    slots, chunk, size = 11, 4, 32
+    rng = np.random.default_rng(7)
+    mask_logits = jnp.asarray(2 * rng.normal(size=(B, Q + 4, size // 4, size // 4)), jnp.float32)
+    valid = {
+        "first": np.arange(slots)[None, :] < np.array([[5], [2]]),
+        "scattered": rng.uniform(size=(B, slots)) < 0.4,
+        "none": np.zeros((B, slots), bool),
+        "all": np.ones((B, slots), bool),
+    }[pattern]
+    masks = (rng.uniform(size=(B, slots, size, size)) > 0.5) & valid[..., None, None]
+    targets = PaddedTargets(masks, np.where(valid, 1, -1).astype(np.int32), valid)
+    query = np.where(valid, np.stack([rng.permutation(Q + 4)[:slots] for _ in range(B)]), -1).astype(np.int32)
+    points = draw_points(jax.random.key(3), 1, B, slots, CONFIG)[0]
+    num_uncertain = int(CONFIG.num_points * CONFIG.importance_sample_ratio)
+
+    def run(fn):
+        def total(logits):
+            bce, dice = fn(logits, targets, query, points, num_uncertain)
+            return bce + 2 * dice, (bce, dice)
+
+        return jax.jit(jax.value_and_grad(total, has_aux=True))(mask_logits)
+
+    chunked = run(functools.partial(_mask_losses, chunk=chunk))
+    (_, (bce, dice)), grad = run(_mask_losses_reference)
+    np.testing.assert_allclose(chunked[0][1], (bce, dice), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(chunked[1], grad, rtol=1e-5, atol=1e-7)

@@ -138,3 +138,19 @@ def test_matcher_uses_the_configured_class_weight():
     run = jax.jit(lambda w: match(*inputs, class_weight=w, mask_weight=1.0, dice_weight=1.0))
     np.testing.assert_array_equal(run(0.5), [[0, 1]])
     np.testing.assert_array_equal(run(2.0), [[1, 0]])
+
+
+def test_target_points_read_the_valid_slots_alone():
+    """The matcher reads the valid target masks, chunk by chunk, as point_sample_shared does; the padded
+    slots' rows are zeros (their cost columns are replaced in `assign`)."""
+    from m2f_jax.losses.matcher import target_points
+
+    _, _, targets, coords = random_inputs(6, slots=9)
+    valid = targets.valid.copy()
+    valid[1, ::2] = False
+    targets = PaddedTargets(targets.masks, targets.labels, valid)
+    ours = np.asarray(jax.jit(lambda t, c: target_points(t, c, chunk=4))(targets, coords))
+    for b in range(2):
+        expected = np.asarray(point_sample_shared(targets.masks[b], coords[b]))
+        np.testing.assert_allclose(ours[b][valid[b]], expected[valid[b]], atol=1e-6)
+        assert np.all(ours[b][~valid[b]] == 0)

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from m2f_jax.losses.chunks import CHUNK, map_live_chunks, valid_first
 from m2f_jax.losses.matcher import SOLVERS, match
 from m2f_jax.losses.points import point_sample, sampling_counts, select_uncertain_points
 from m2f_jax.processing.targets import PaddedTargets
@@ -127,21 +128,59 @@ def _cross_entropy(class_logits: jnp.ndarray, labels: jnp.ndarray, query: jnp.nd
     return jnp.sum(weight * nll) / jnp.maximum(jnp.sum(weight), jnp.finfo(jnp.float32).tiny)
 
 
+def _pair_losses(logits: jnp.ndarray, labels: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Sigmoid BCE (mean over points) and dice of logits and 0/1 labels (N, P) -> (N,), (N,)."""
+    bce = jnp.mean(jax.nn.softplus(logits) - logits * labels, axis=-1)
+    probs = jax.nn.sigmoid(logits)
+    dice = 1.0 - (2.0 * jnp.sum(probs * labels, -1) + 1.0) / (jnp.sum(probs, -1) + jnp.sum(labels, -1) + 1.0)
+    return bce, dice
+
+
 def _mask_losses(
-    mask_logits: jnp.ndarray, targets: PaddedTargets, query: jnp.ndarray, points: LayerPoints, num_uncertain: int
+    mask_logits: jnp.ndarray,
+    targets: PaddedTargets,
+    query: jnp.ndarray,
+    points: LayerPoints,
+    num_uncertain: int,
+    chunk: int = CHUNK,
 ):
     """(BCE, dice) of the matched pairs on their uncertainty-chosen points, each summed over the valid
-    slots of the batch and divided by their count (at least 1)."""
+    slots of the batch and divided by their count (at least 1).
+
+    Only the valid slots are computed, `chunk` at a time (`chunks.valid_first`): a padded slot's points,
+    top-k and losses would be thrown away. The matched masks are gathered once, outside the loop, so the
+    gradient flows back through one gather of whole maps."""
+    batch, num_slots = query.shape
+    n = batch * num_slots
+    valid = jnp.asarray(targets.valid).reshape(n)
+    pairs, live = valid_first(valid, chunk)  # (chunks, chunk)
+    matched_query = jnp.maximum(query.reshape(n), 0)[pairs]  # padded slots read query 0, then count for nothing
+    maps = jnp.asarray(mask_logits)[pairs // num_slots, matched_query]  # (chunks, chunk, h, w)
+    masks = jnp.asarray(targets.masks).reshape(n, *targets.masks.shape[2:])
+    candidates = jnp.asarray(points.candidates).reshape(n, *points.candidates.shape[2:])
+    random = jnp.asarray(points.random).reshape(n, *points.random.shape[2:])
+
+    def losses(live_c, inputs):
+        maps_c, pairs_c = inputs
+        coords = select_uncertain_points(maps_c, candidates[pairs_c], random[pairs_c], num_uncertain)
+        bce, dice = _pair_losses(point_sample(maps_c, coords), point_sample(masks[pairs_c], coords))
+        return jnp.stack([jnp.sum(jnp.where(live_c, bce, 0.0)), jnp.sum(jnp.where(live_c, dice, 0.0))])
+
+    sums = jnp.sum(map_live_chunks(losses, live, (maps, pairs)), axis=0)
+    num_masks = jnp.maximum(jnp.sum(valid).astype(jnp.float32), 1.0)
+    return sums[0] / num_masks, sums[1] / num_masks
+
+
+def _mask_losses_reference(
+    mask_logits: jnp.ndarray, targets: PaddedTargets, query: jnp.ndarray, points: LayerPoints, num_uncertain: int
+):
+    """`_mask_losses` computed for every slot, padded ones included (the plain version it is tested against)."""
     batch, num_slots = query.shape
     index = jnp.maximum(query, 0)[:, :, None, None]  # padded slots read query 0, then count for nothing
     matched = jnp.take_along_axis(mask_logits, index, axis=1).reshape(batch * num_slots, *mask_logits.shape[2:])
     flat = lambda x: x.reshape(batch * num_slots, *x.shape[2:])  # noqa: E731
     coords = select_uncertain_points(matched, flat(points.candidates), flat(points.random), num_uncertain)
-    logits = point_sample(matched, coords)
-    labels = point_sample(flat(targets.masks), coords)
-    bce = jnp.mean(jax.nn.softplus(logits) - logits * labels, axis=-1)
-    probs = jax.nn.sigmoid(logits)
-    dice = 1.0 - (2.0 * jnp.sum(probs * labels, -1) + 1.0) / (jnp.sum(probs, -1) + jnp.sum(labels, -1) + 1.0)
+    bce, dice = _pair_losses(point_sample(matched, coords), point_sample(flat(targets.masks), coords))
     valid = targets.valid.reshape(-1)
     num_masks = jnp.maximum(jnp.sum(valid).astype(jnp.float32), 1.0)
     return jnp.sum(jnp.where(valid, bce, 0.0)) / num_masks, jnp.sum(jnp.where(valid, dice, 0.0)) / num_masks

@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from m2f_jax.losses.points import point_sample_shared
+from m2f_jax.losses.chunks import CHUNK, map_live_chunks, unchunk, valid_first
+from m2f_jax.losses.points import point_sample, point_sample_shared
 from m2f_jax.processing.targets import PaddedTargets
 
 SOLVERS = ("hungarian", "scipy")
@@ -44,12 +45,26 @@ def matching_cost(
 ) -> jnp.ndarray:
     """One image's (Q, M) cost: class logits (Q, K+1), mask logits (Q, h, w), target masks (M, H, W),
     labels (M,) (padded slots may hold anything), points (P, 2) shared by all masks."""
-    class_logits, mask_logits = jax.lax.stop_gradient((class_logits, mask_logits))
+    logits = point_sample_shared(jax.lax.stop_gradient(mask_logits), coords)  # (Q, P)
+    targets = point_sample_shared(target_masks, coords)  # (M, P)
+    weights = dict(class_weight=class_weight, mask_weight=mask_weight, dice_weight=dice_weight)
+    return cost_from_points(class_logits, logits, targets, labels, **weights)
+
+
+def cost_from_points(
+    class_logits: jnp.ndarray,
+    logits: jnp.ndarray,
+    targets: jnp.ndarray,
+    labels: jnp.ndarray,
+    *,
+    class_weight: float,
+    mask_weight: float,
+    dice_weight: float,
+) -> jnp.ndarray:
+    """`matching_cost` from the masks already read at the points: query logits (Q, P), targets (M, P)."""
+    class_logits, logits = jax.lax.stop_gradient((class_logits, logits))
     probs = jax.nn.softmax(class_logits.astype(jnp.float32), axis=-1)
     class_cost = -jnp.take(probs, jnp.clip(labels, 0, probs.shape[-1] - 1), axis=1)
-
-    logits = point_sample_shared(mask_logits, coords)  # (Q, P)
-    targets = point_sample_shared(target_masks, coords)  # (M, P)
     num_points = logits.shape[-1]
     dot = lambda a, b: jnp.matmul(a, b.T, precision=jax.lax.Precision.HIGHEST)  # noqa: E731
     # mean_p BCE(x, t) = mean_p [softplus(x) - x t]
@@ -57,6 +72,23 @@ def matching_cost(
     p = jax.nn.sigmoid(logits)
     dice_cost = 1.0 - (2.0 * dot(p, targets) + 1.0) / (p.sum(-1)[:, None] + targets.sum(-1)[None, :] + 1.0)
     return class_weight * class_cost + mask_weight * bce_cost + dice_weight * dice_cost
+
+
+def target_points(targets: PaddedTargets, coords: jnp.ndarray, chunk: int = CHUNK) -> jnp.ndarray:
+    """Every valid target mask read at its image's points: masks (B, M, H, W), coords (B, P, 2) ->
+    (B, M, P) float32, zeros for the padded slots, which are not read (`chunks.valid_first`)."""
+    batch, num_slots = targets.valid.shape
+    n = batch * num_slots
+    valid = jnp.asarray(targets.valid).reshape(n)
+    masks = jnp.asarray(targets.masks).reshape(n, *targets.masks.shape[2:])
+    coords = jnp.asarray(coords)
+    pairs, live = valid_first(valid, chunk)
+
+    def sample(_, pairs_c):
+        return point_sample(masks[pairs_c], coords[pairs_c // num_slots])
+
+    values = map_live_chunks(sample, live, pairs)  # (chunks, chunk, P)
+    return unchunk(values, pairs, valid).reshape(batch, num_slots, -1)
 
 
 def _check_slots(num_queries: int, num_slots: int) -> None:
@@ -124,8 +156,9 @@ def match(
     valid (B, M); coords (B, P, 2): each image's uniform points in [0, 1], (x, y).
     """
     _check_slots(class_logits.shape[1], targets.labels.shape[1])
-    cost_fn = lambda c, m, t, lab, xy: matching_cost(  # noqa: E731
-        c, m, t, lab, xy, class_weight=class_weight, mask_weight=mask_weight, dice_weight=dice_weight
-    )
-    cost = jax.vmap(cost_fn)(class_logits, mask_logits, targets.masks, targets.labels, coords)
+    weights = dict(class_weight=class_weight, mask_weight=mask_weight, dice_weight=dice_weight)
+    logits = jax.vmap(point_sample_shared)(jax.lax.stop_gradient(mask_logits), coords)  # (B, Q, P)
+    cost = jax.vmap(lambda c, x, t, lab: cost_from_points(c, x, t, lab, **weights))(
+        class_logits, logits, target_points(targets, coords), targets.labels
+    )  # padded slots' columns (zero targets) are replaced in `assign`
     return assign(cost, targets.valid, solver)

@@ -1,0 +1,280 @@
+#!/usr/bin/env python
+"""Micro-benchmarks behind three implementation choices: deformable sampling, point sampling, the matcher.
+
+- deform: multi-scale deformable sampling at the pixel decoder's shapes of a Swin-T input (levels at
+  strides 32, 16, 8; every token a query; 8 heads of 32 channels, 4 points), forward and
+  forward + backward (training differentiates through it), for each variant in `DEFORM_VARIANTS`.
+- points: point sampling as the loss does it: every target slot's matched mask (B*M maps at stride 4)
+  read at its own points (the 3 x 12544 uncertainty candidates without gradient, the 12544 loss points
+  with gradient), and the matcher's shared points (Q query maps, M target maps, 12544 points).
+- matcher: the assignment of Q queries to M targets for 10 predictions x batch 2: optax's Hungarian
+  algorithm inside the compiled graph against scipy's linear_sum_assignment through a host callback.
+
+Each variant is jitted; medians of --runs after --warmup, the variants of one table interleaved.
+
+    python bench/micro.py --only deform points matcher --size 384 --batch 2
+    python bench/micro.py --quick   # tiny shapes (smoke run)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import common
+import numpy as np
+
+# ----------------------------------------------------------------------------------------------------
+# Deformable sampling variants: (value (B,S,H,D), shapes, locations (B,Q,H,L,P,2), weights (B,Q,H,L,P))
+
+
+def _variants():
+    import jax.numpy as jnp
+
+    from m2f_jax.modeling import deform_attn
+
+    variants = {
+        "flat gather (deformable_sampling)": deform_attn.deformable_sampling,
+        "per-corner gathers (reference)": deform_attn.deformable_sampling_reference,
+    }
+    for name in ("deformable_sampling_packed", "deformable_sampling_tokens_major"):
+        if hasattr(deform_attn, name):
+            variants[name] = getattr(deform_attn, name)
+    variants["flat, token-major rows (no transpose)"] = lambda *a: _flat_token_major(jnp, deform_attn, *a)
+    variants["2x2 packed rows, one gather"] = lambda *a: _packed(jnp, deform_attn, *a)
+    return variants
+
+
+def _flat_token_major(jnp, deform_attn, value, spatial_shapes, locations, weights, valid_shapes=None):
+    """The flat gather with rows in value's own order (batch, token, head): no transpose of the values."""
+    b, s, n_heads, hd = value.shape
+    q = locations.shape[1]
+    rows = value.reshape(b * s * n_heads, hd)
+    indices, ws, start = [], [], 0
+    for level, (h, w) in enumerate(spatial_shapes):
+        x0, y0, corner_w = deform_attn._bilinear_corners(locations[:, :, :, level], h, w)
+        ys = jnp.clip(y0[..., None] + deform_attn._CORNER_DY, 0, h - 1)
+        xs = jnp.clip(x0[..., None] + deform_attn._CORNER_DX, 0, w - 1)
+        indices.append(start + ys * w + xs)
+        ws.append(corner_w * weights[:, :, :, level, :, None])
+        start += h * w
+    token = jnp.stack(indices, axis=3)  # (B, Q, H, L, P, 4)
+    index = (jnp.arange(b)[:, None, None, None, None, None] * s + token) * n_heads
+    index = index + jnp.arange(n_heads)[None, None, :, None, None, None]
+    gathered = rows.at[index.reshape(-1)].get(mode="promise_in_bounds").reshape(b, q, n_heads, -1, hd)
+    weight = jnp.stack(ws, axis=3).reshape(b, q, n_heads, -1)
+    return jnp.einsum("bqhkd,bqhk->bqhd", gathered, weight).reshape(b, q, n_heads * hd)
+
+
+def _packed(jnp, deform_attn, value, spatial_shapes, locations, weights, valid_shapes=None):
+    """Each pixel's 2x2 neighbourhood (itself, right, below, below-right; zeros past the border)
+    packed into one row of 4*D: one gather of a quarter as many, four times longer rows."""
+    b, s, n_heads, hd = value.shape
+    q = locations.shape[1]
+    tables, indices, ws, start, packed_start = [], [], [], 0, 0
+    for level, (h, w) in enumerate(spatial_shapes):
+        v = value[:, start : start + h * w].reshape(b, h, w, n_heads, hd)
+        start += h * w
+        # rows and columns -1 .. h-1 / w-1 as top-left corners: pad one before, one after
+        v = jnp.pad(v, ((0, 0), (1, 1), (1, 1), (0, 0), (0, 0)))
+        packed = jnp.concatenate([v[:, :-1, :-1], v[:, :-1, 1:], v[:, 1:, :-1], v[:, 1:, 1:]], axis=-1)
+        tables.append(packed.reshape(b, (h + 1) * (w + 1), n_heads, 4 * hd))
+        x0, y0, corner_w = deform_attn._bilinear_corners(locations[:, :, :, level], h, w)
+        # top-left corners outside [-1, size-1] have all four weights zero: clip them anywhere
+        ys, xs = jnp.clip(y0 + 1, 0, h), jnp.clip(x0 + 1, 0, w)
+        indices.append(packed_start + ys * (w + 1) + xs)
+        ws.append(corner_w * weights[:, :, :, level, :, None])
+        packed_start += (h + 1) * (w + 1)
+    table = jnp.concatenate(tables, axis=1)  # (B, S', H, 4D)
+    s2 = table.shape[1]
+    token = jnp.stack(indices, axis=3)  # (B, Q, H, L, P)
+    index = (jnp.arange(b)[:, None, None, None, None] * s2 + token) * n_heads
+    index = index + jnp.arange(n_heads)[None, None, :, None, None]
+    rows = table.reshape(b * s2 * n_heads, 4 * hd)
+    gathered = rows.at[index.reshape(-1)].get(mode="promise_in_bounds")
+    gathered = gathered.reshape(b, q, n_heads, -1, 4, hd)  # (..., L*P, corner, D)
+    weight = jnp.stack(ws, axis=3).reshape(b, q, n_heads, -1, 4)
+    return jnp.einsum("bqhkcd,bqhkc->bqhd", gathered, weight).reshape(b, q, n_heads * hd)
+
+
+def deform_inputs(size: int, batch: int, heads: int = 8, hd: int = 32, points: int = 4, seed: int = 0):
+    shapes = tuple((-(-size // s), -(-size // s)) for s in (32, 16, 8))
+    total = sum(h * w for h, w in shapes)
+    rng = np.random.RandomState(seed)
+    value = rng.randn(batch, total, heads, hd).astype(np.float32)
+    # reference points at pixel centres plus offsets of a few pixels, as trained offsets look
+    locations = rng.uniform(-0.05, 1.05, (batch, total, heads, len(shapes), points, 2)).astype(np.float32)
+    weights = rng.rand(batch, total, heads, len(shapes), points).astype(np.float32)
+    weights /= weights.sum(axis=(3, 4), keepdims=True)
+    return value, shapes, locations, weights
+
+
+def bench_deform(args) -> list[dict[str, Any]]:
+    import jax
+    import jax.numpy as jnp
+
+    value, shapes, locations, weights = deform_inputs(args.size, args.batch)
+    variants = _variants()
+    expected = None
+    fns, compiled_s, rows = {}, {}, []
+    for name, fn in variants.items():
+        fwd = jax.jit(lambda v, loc, w, fn=fn: fn(v, shapes, loc, w))
+        bwd = jax.jit(jax.grad(lambda v, loc, w, fn=fn: jnp.sum(jnp.sin(fn(v, shapes, loc, w))), argnums=(0, 1, 2)))
+        for kind, f in (("forward", fwd), ("forward + backward", bwd)):
+            exe, seconds = common.timed_once(lambda f=f: f.lower(value, locations, weights).compile())
+            compiled_s[(name, kind)] = seconds
+            fns[(name, kind)] = lambda exe=exe: jax.block_until_ready(exe(value, locations, weights))
+        out = np.asarray(fwd(value, locations, weights))
+        if expected is None:
+            expected = out
+        diff = float(np.abs(out - expected).max())
+        rows.append({"variant": name, "max_diff": diff})
+    times = common.interleaved(fns, args.runs, args.warmup)
+    for row in rows:
+        for kind in ("forward", "forward + backward"):
+            row[f"{kind} ms"] = common.median(times[(row["variant"], kind)]) * 1e3
+    print(
+        f"deformable sampling: levels {shapes}, batch {args.batch}, 8 heads x 32, 4 points; load {common.load_average()}"
+    )
+    print(common.table(rows, [("variant", "variant"), ("forward ms", "forward ms"),
+                              ("forward + backward ms", "fwd + bwd ms"), ("max_diff", "max |diff|")]))  # fmt: skip
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------
+# Point sampling
+
+
+def bench_points(args) -> list[dict[str, Any]]:
+    import jax
+    import jax.numpy as jnp
+
+    from m2f_jax.losses import points as pts
+
+    variants = {"point_sample (take_along_axis)": pts.point_sample}
+    for name in ("point_sample_flat", "point_sample_reference"):
+        if hasattr(pts, name):
+            variants[name] = getattr(pts, name)
+    rng = np.random.RandomState(0)
+    side = args.size // 4
+    n = args.batch * args.slots
+    maps = rng.randn(n, side, side).astype(np.float32)
+    targets = rng.rand(n, args.size, args.size) > 0.5
+    cand = rng.rand(n, 3 * args.points, 2).astype(np.float32)
+    loss_pts = rng.rand(n, args.points, 2).astype(np.float32)
+    shared = rng.rand(args.points, 2).astype(np.float32)
+    fns, rows, expected = {}, [], {}
+    for name, fn in variants.items():
+        cases = {
+            f"candidates {3 * args.points} pts, no grad": (jax.jit(fn), (maps, cand)),
+            f"loss {args.points} pts, fwd + bwd": (jax.jit(jax.grad(lambda m, c, fn=fn: jnp.sum(fn(m, c) ** 2))), (maps, loss_pts)),
+            f"target masks {args.size}^2 bool, {args.points} pts": (jax.jit(fn), (targets, loss_pts)),
+        }  # fmt: skip
+        for case, (f, a) in cases.items():
+            exe = f.lower(*a).compile()
+            fns[(name, case)] = lambda exe=exe, a=a: jax.block_until_ready(exe(*a))
+            out = np.asarray(exe(*a))
+            expected.setdefault(case, out)
+            rows.append({"variant": name, "case": case, "max_diff": float(np.abs(out - expected[case]).max())})
+    query_maps = np.resize(maps, (args.queries, side, side))
+    shared_fn = jax.jit(pts.point_sample_shared).lower(query_maps, shared).compile()
+    fns[("point_sample_shared", "matcher: Q maps, shared pts")] = lambda: jax.block_until_ready(
+        shared_fn(query_maps, shared)
+    )
+    rows.append({"variant": "point_sample_shared", "case": "matcher: Q maps, shared pts", "max_diff": 0.0})
+    times = common.interleaved(fns, args.runs, args.warmup)
+    for row in rows:
+        row["ms"] = common.median(times[(row["variant"], row["case"])]) * 1e3
+    print(
+        f"point sampling: {n} maps ({args.batch} images x {args.slots} slots) of {side}x{side}; load {common.load_average()}"
+    )
+    print(common.table(rows, [("variant", "variant"), ("case", "case"), ("ms", "ms"), ("max_diff", "max |diff|")]))
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------
+# The matcher
+
+
+def bench_matcher(args) -> list[dict[str, Any]]:
+    import jax
+
+    from m2f_jax.losses.matcher import assign
+
+    rows = []
+    predictions = 10
+    for queries in args.matcher_queries:
+        for targets in args.matcher_targets:
+            if targets > queries:
+                continue
+            for slots in sorted({targets, max(args.matcher_targets)}):
+                if slots > queries:
+                    continue
+                rng = np.random.RandomState(queries + targets)
+                cost = rng.rand(predictions, args.batch, queries, slots).astype(np.float32)
+                valid = np.zeros((args.batch, slots), bool)
+                valid[:, :targets] = True
+                fns, answers = {}, {}
+                for solver in ("hungarian", "scipy"):
+                    f = jax.jit(lambda c, v, solver=solver: [assign(c[i], v, solver) for i in range(predictions)])
+                    exe = f.lower(cost, valid).compile()
+                    fns[solver] = lambda exe=exe: jax.block_until_ready(exe(cost, valid))
+                    answers[solver] = np.stack([np.asarray(x) for x in exe(cost, valid)])
+                times = common.interleaved(fns, args.runs, args.warmup)
+
+                def total(query):  # the cost of the assignment over the valid slots
+                    picked = np.take_along_axis(cost, np.maximum(query, 0)[:, :, None, :], 2)[:, :, 0]
+                    return np.where(valid, picked, 0).sum(-1)
+
+                same = bool(np.allclose(total(answers["hungarian"]), total(answers["scipy"]), rtol=1e-5))
+                rows.append({"queries": queries, "targets": targets, "slots": slots,
+                             "hungarian_ms": common.median(times["hungarian"]) * 1e3,
+                             "scipy_ms": common.median(times["scipy"]) * 1e3, "same_cost": same})  # fmt: skip
+                print(common.table(rows[-1:], [(k, k) for k in rows[-1]]), flush=True)
+    print(f"matcher: {predictions} predictions x batch {args.batch}; load {common.load_average()}")
+    print(common.table(rows, [("queries", "queries"), ("targets", "valid targets"), ("slots", "slots (M)"),
+                              ("hungarian_ms", "optax in-graph ms"), ("scipy_ms", "scipy callback ms"),
+                              ("same_cost", "same total cost")]))  # fmt: skip
+    return rows
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--only", nargs="+", default=["deform", "points", "matcher"], choices=["deform", "points", "matcher"]
+    )
+    p.add_argument("--size", type=int, default=384, help="input side (deformable levels, mask maps)")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--slots", type=int, default=100, help="target slots per image (point sampling)")
+    p.add_argument("--queries", type=int, default=100)
+    p.add_argument("--points", type=int, default=12544)
+    p.add_argument("--matcher-queries", type=int, nargs="+", default=[100, 200])
+    p.add_argument("--matcher-targets", type=int, nargs="+", default=[10, 50, 100])
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--quick", action="store_true", help="tiny shapes, one run (smoke test)")
+    common.add_thread_flag(p)
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.size, args.batch, args.slots, args.queries, args.points = 64, 1, 4, 8, 64
+        args.matcher_queries, args.matcher_targets, args.runs, args.warmup = [8], [2, 4], 1, 0
+    return args
+
+
+def main(argv=None) -> dict[str, Any]:
+    args = parse_args(argv)
+    common.set_threads(args.threads)
+    info = common.environment()
+    common.print_environment(info)
+    record: dict[str, Any] = {"args": vars(args), "environment": info}
+    for part in args.only:
+        record[part] = {"deform": bench_deform, "points": bench_points, "matcher": bench_matcher}[part](args)
+        record[part + "_load"] = common.load_average()
+    common.write_json(args.json, record)
+    return record
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
