@@ -95,10 +95,12 @@ def environment() -> dict[str, Any]:
 
         if _THREADS is not None:
             torch.set_num_threads(_THREADS)
-        info.update(torch=torch.__version__, transformers=transformers.__version__, torch_threads=torch.get_num_threads())
-    info["xla_flags"] = os.environ.get("XLA_FLAGS", "")
+        info.update(
+            torch=torch.__version__, transformers=transformers.__version__, torch_threads=torch.get_num_threads()
+        )
         if torch.cuda.is_available():
             info["torch_device"] = torch.cuda.get_device_name(0)
+    info["xla_flags"] = os.environ.get("XLA_FLAGS", "")
     return info
 
 

@@ -134,9 +134,8 @@ def bench_deform(args) -> list[dict[str, Any]]:
     for row in rows:
         for kind in ("forward", "forward + backward"):
             row[f"{kind} ms"] = common.median(times[(row["variant"], kind)]) * 1e3
-    print(
-        f"deformable sampling: levels {shapes}, batch {args.batch}, 8 heads x 32, 4 points; load {common.load_average()}"
-    )
+    load = common.load_average()
+    print(f"deformable sampling: levels {shapes}, batch {args.batch}, 8 heads x 32, 4 points; load {load}")
     print(common.table(rows, [("variant", "variant"), ("forward ms", "forward ms"),
                               ("forward + backward ms", "fwd + bwd ms"), ("max_diff", "max |diff|")]))  # fmt: skip
     return rows
@@ -168,7 +167,8 @@ def bench_points(args) -> list[dict[str, Any]]:
     for name, fn in variants.items():
         cases = {
             f"candidates {3 * args.points} pts, no grad": (jax.jit(fn), (maps, cand)),
-            f"loss {args.points} pts, fwd + bwd": (jax.jit(jax.grad(lambda m, c, fn=fn: jnp.sum(fn(m, c) ** 2))), (maps, loss_pts)),
+            f"loss {args.points} pts, fwd + bwd": (
+                jax.jit(jax.grad(lambda m, c, fn=fn: jnp.sum(fn(m, c) ** 2))), (maps, loss_pts)),
             f"target masks {args.size}^2 bool, {args.points} pts": (jax.jit(fn), (targets, loss_pts)),
         }  # fmt: skip
         for case, (f, a) in cases.items():
@@ -186,9 +186,8 @@ def bench_points(args) -> list[dict[str, Any]]:
     times = common.interleaved(fns, args.runs, args.warmup)
     for row in rows:
         row["ms"] = common.median(times[(row["variant"], row["case"])]) * 1e3
-    print(
-        f"point sampling: {n} maps ({args.batch} images x {args.slots} slots) of {side}x{side}; load {common.load_average()}"
-    )
+    load = common.load_average()
+    print(f"point sampling: {n} maps ({args.batch} images x {args.slots} slots) of {side}x{side}; load {load}")
     print(common.table(rows, [("variant", "variant"), ("case", "case"), ("ms", "ms"), ("max_diff", "max |diff|")]))
     return rows
 
@@ -219,11 +218,11 @@ def bench_matcher(args) -> list[dict[str, Any]]:
                 for solver in ("hungarian", "scipy"):
                     f = jax.jit(lambda c, v, solver=solver: [assign(c[i], v, solver) for i in range(predictions)])
                     exe = f.lower(cost, valid).compile()
-                    fns[solver] = lambda exe=exe: jax.block_until_ready(exe(cost, valid))
+                    fns[solver] = lambda exe=exe, c=cost, v=valid: jax.block_until_ready(exe(c, v))
                     answers[solver] = np.stack([np.asarray(x) for x in exe(cost, valid)])
                 times = common.interleaved(fns, args.runs, args.warmup)
 
-                def total(query):  # the cost of the assignment over the valid slots
+                def total(query, cost=cost, valid=valid):  # the assignment's cost over the valid slots
                     picked = np.take_along_axis(cost, np.maximum(query, 0)[:, :, None, :], 2)[:, :, 0]
                     return np.where(valid, picked, 0).sum(-1)
 

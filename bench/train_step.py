@@ -238,7 +238,7 @@ def memory_at(args, config, folder: str) -> list[dict[str, Any]]:
                                     sharding=sharding)
             for k, v in host.items()
         }  # fmt: skip
-        compiled, seconds = common.timed_once(lambda: step.lower(abstract, batch).compile())
+        compiled, seconds = common.timed_once(lambda s=step, a=abstract, b=batch: s.lower(a, b).compile())
         memory = common.memory_summary(compiled)
         flops = common.compiled_flops(compiled)
         rows.append({"size": size, "batch": args.batch, "dtype": args.dtype, "remat": remat, "compile_s": seconds,
@@ -357,8 +357,8 @@ def hf_breakdown(hf_model, pixels, masks, labels, runs, warmup) -> list[dict[str
         with torch.no_grad():
             return hf_model(pixel_values=pixels, mask_labels=masks, class_labels=labels).loss
 
-    times = common.interleaved({"HF forward (training mode, no grad)": forward, "HF forward + loss (no grad)": forward_loss},
-                               runs, warmup)  # fmt: skip
+    fns = {"HF forward (training mode, no grad)": forward, "HF forward + loss (no grad)": forward_loss}
+    times = common.interleaved(fns, runs, warmup)
     return [{"part": name, "ms": common.median(t) * 1e3} for name, t in times.items()]
 
 
