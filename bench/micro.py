@@ -42,11 +42,12 @@ def _variants():
         if hasattr(deform_attn, name):
             variants[name] = getattr(deform_attn, name)
     variants["flat, token-major rows (no transpose)"] = lambda *a: _flat_token_major(jnp, deform_attn, *a)
+    variants["flat, token-major, multiply + sum"] = lambda *a: _flat_token_major(jnp, deform_attn, *a, reduce=True)
     variants["2x2 packed rows, one gather"] = lambda *a: _packed(jnp, deform_attn, *a)
     return variants
 
 
-def _flat_token_major(jnp, deform_attn, value, spatial_shapes, locations, weights, valid_shapes=None):
+def _flat_token_major(jnp, deform_attn, value, spatial_shapes, locations, weights, valid_shapes=None, reduce=False):
     """The flat gather with rows in value's own order (batch, token, head): no transpose of the values."""
     b, s, n_heads, hd = value.shape
     q = locations.shape[1]
@@ -64,6 +65,8 @@ def _flat_token_major(jnp, deform_attn, value, spatial_shapes, locations, weight
     index = index + jnp.arange(n_heads)[None, None, :, None, None, None]
     gathered = rows.at[index.reshape(-1)].get(mode="promise_in_bounds").reshape(b, q, n_heads, -1, hd)
     weight = jnp.stack(ws, axis=3).reshape(b, q, n_heads, -1)
+    if reduce:
+        return jnp.sum(gathered * weight[..., None], axis=3).reshape(b, q, n_heads * hd)
     return jnp.einsum("bqhkd,bqhk->bqhd", gathered, weight).reshape(b, q, n_heads * hd)
 
 
@@ -238,6 +241,66 @@ def bench_matcher(args) -> list[dict[str, Any]]:
     return rows
 
 
+# ----------------------------------------------------------------------------------------------------
+# The optimizer update and the step's finite check
+
+
+def bench_update(args) -> list[dict[str, Any]]:
+    """The end of the training step on a preset's parameters: the optax update alone, and with the
+    step's check that the loss, gradient norm and updated parameters are finite, the state then kept
+    or replaced by `jnp.where` on every array (what step.py did) or by one `lax.cond`."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    import m2f_jax
+    from m2f_jax.training.optimizer import OptimizerConfig, build_optimizer
+    from m2f_jax.training.step import all_finite
+
+    config = common.model_config(args.update_preset)
+    model = nnx.eval_shape(lambda: m2f_jax.Mask2FormerForUniversalSegmentation(config, rngs=nnx.Rngs(0)))
+    shapes = nnx.state(model, nnx.Param)
+    rng = np.random.RandomState(0)
+    params = jax.tree.map(lambda s: jnp.asarray(rng.randn(*s.shape).astype(np.float32) * 0.02), shapes)
+    grads = jax.tree.map(lambda p: p * 1e-3, params)
+    tx = build_optimizer(OptimizerConfig(), params)
+    count = sum(x.size for x in jax.tree.leaves(params))
+
+    def update(grads, opt_state, params):
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    def keep_where(grads, opt_state, params):
+        new, new_opt = update(grads, opt_state, params)
+        finite = all_finite(jnp.float32(1.0), optax.tree.norm(grads), new)
+        keep = lambda n, o: jax.tree.map(lambda a, b: jnp.where(finite, a, b), n, o)  # noqa: E731
+        return keep(new, params), keep(new_opt, opt_state)
+
+    def keep_cond(grads, opt_state, params):
+        new, new_opt = update(grads, opt_state, params)
+        finite = all_finite(jnp.float32(1.0), optax.tree.norm(grads), new)
+        return jax.lax.cond(finite, lambda: (new, new_opt), lambda: (params, opt_state))
+
+    variants = {"optax update alone": update, "+ finite check, jnp.where per array": keep_where,
+                "+ finite check, one lax.cond": keep_cond}  # fmt: skip
+    fns, holders = {}, {}
+    for name, fn in variants.items():
+        exe = jax.jit(fn, donate_argnums=(1, 2)).lower(grads, tx.init(params), params).compile()
+        holders[name] = [tx.init(params), jax.tree.map(jnp.copy, params)]
+
+        def run(exe=exe, h=holders[name]):
+            h[1], h[0] = exe(grads, h[0], h[1])
+            jax.block_until_ready(h[1])
+
+        fns[name] = run
+    times = common.interleaved(fns, args.runs, args.warmup)
+    rows = [{"variant": name, "ms": common.median(t) * 1e3, "params_m": count / 1e6} for name, t in times.items()]
+    print(f"optimizer update: {args.update_preset}, {count / 1e6:.1f} M parameters; load {common.load_average()}")
+    print(common.table(rows, [("variant", "variant"), ("ms", "ms")]))
+    return rows
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
@@ -259,6 +322,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.quick:
         args.size, args.batch, args.slots, args.queries, args.points = 64, 1, 4, 8, 64
         args.matcher_queries, args.matcher_targets, args.runs, args.warmup = [8], [2, 4], 1, 0
+        args.update_preset = common.TINY
     return args
 
 
@@ -269,7 +333,8 @@ def main(argv=None) -> dict[str, Any]:
     common.print_environment(info)
     record: dict[str, Any] = {"args": vars(args), "environment": info}
     for part in args.only:
-        record[part] = {"deform": bench_deform, "points": bench_points, "matcher": bench_matcher}[part](args)
+        benches = {"deform": bench_deform, "points": bench_points, "matcher": bench_matcher, "update": bench_update}
+        record[part] = benches[part](args)
         record[part + "_load"] = common.load_average()
     common.write_json(args.json, record)
     return record

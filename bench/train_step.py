@@ -202,10 +202,12 @@ def run_parts(parts, runs: int, warmup: int) -> list[dict[str, Any]]:
     times = common.interleaved(fns, runs, warmup)
     for name, (exe, _, seconds) in compiled.items():
         flops = common.compiled_flops(exe)
+        memory = common.memory_summary(exe) or {}
         t = common.median(times[name])
         rows.append(
             {"part": name, "ms": t * 1e3, "gflops": flops / 1e9 if flops else None,
-             "gflop_per_s": flops / t / 1e9 if flops else None, "compile_s": seconds}
+             "gflop_per_s": flops / t / 1e9 if flops else None, "compile_s": seconds,
+             "temp_mib": memory.get("temp_mib")}
         )  # fmt: skip
     return rows
 
@@ -282,6 +284,7 @@ def main(argv=None) -> dict[str, Any]:
     if args.breakdown:  # before the step donates the state
         parts = step_parts(c, model_config, graphdef, state, batch)
     compiled, compile_s = common.timed_once(lambda: step.lower(state, batch).compile())
+    print(f"compiled the step: {compile_s:.1f} s, XLA memory {common.memory_summary(compiled)}", flush=True)
     holder = {"state": state}
 
     def ours():
@@ -338,7 +341,8 @@ def main(argv=None) -> dict[str, Any]:
         record["breakdown"] = rows
         record["breakdown_load"] = common.load_average()
         print(common.table(rows, [("part", "part"), ("ms", "ms (median)"), ("gflops", "GFLOP"),
-                                  ("gflop_per_s", "GFLOP/s"), ("compile_s", "compile s")]))  # fmt: skip
+                                  ("gflop_per_s", "GFLOP/s"), ("compile_s", "compile s"),
+                                  ("temp_mib", "XLA temp MiB")]))  # fmt: skip
         print(f"load average {record['breakdown_load']}")
     record["load_after"] = common.load_average()
     common.write_json(args.json, record)

@@ -7,9 +7,9 @@ Each executed XLA operation (thunk) is an event in the profile, named after its 
 compiled HLO gives the instruction's kind and source line. Times are thread-seconds (two threads
 may run operations at the same time), as a share of their sum, next to the wall time per call.
 
-    python bench/profile.py --what forward --size 384 --batch 1
-    python bench/profile.py --what train --size 384 --batch 2
-    python bench/profile.py --what forward --parts   # backbone / pixel decoder / decoder jitted apart
+    python bench/hlo_profile.py --what forward --size 384 --batch 1
+    python bench/hlo_profile.py --what train --size 384 --batch 2
+    python bench/hlo_profile.py --what forward --parts   # backbone / pixel decoder / decoder jitted apart
 """
 
 from __future__ import annotations
