@@ -40,6 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--no-hf", action="store_true")
     p.add_argument("--torch-compile", action="store_true", help="HF under torch.compile too")
+    p.add_argument("--torch-compile-backend", default="inductor", help="eager: test the path without compiling")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--peak-tflops", type=float, default=None, help="the accelerator's peak, for MFU")
     p.add_argument("--quick", action="store_true", help="the tiny model at 64, one run (smoke test)")
@@ -132,7 +133,7 @@ def run_case(args, preset, hf_model, model, size, batch, dtype) -> dict[str, Any
 
         nets = {"HF": hf}
         if args.torch_compile:
-            compiled_hf = torch.compile(hf)
+            compiled_hf = torch.compile(hf, backend=args.torch_compile_backend)
             _, row["torch_compile_s"] = common.timed_once(hf_forward(compiled_hf))
             nets["HF compile"] = compiled_hf
         for name, net in nets.items():

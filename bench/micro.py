@@ -205,7 +205,7 @@ def bench_matcher(args) -> list[dict[str, Any]]:
     from m2f_jax.losses.matcher import assign
 
     rows = []
-    predictions = 10
+    predictions = args.predictions
     for queries in args.matcher_queries:
         for targets in args.matcher_targets:
             if targets > queries:
@@ -313,6 +313,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--points", type=int, default=12544)
     p.add_argument("--matcher-queries", type=int, nargs="+", default=[100, 200])
     p.add_argument("--matcher-targets", type=int, nargs="+", default=[10, 50, 100])
+    p.add_argument("--predictions", type=int, default=10, help="matcher: predictions per step")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="tiny shapes, one run (smoke test)")
@@ -321,7 +322,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.size, args.batch, args.slots, args.queries, args.points = 64, 1, 4, 8, 64
-        args.matcher_queries, args.matcher_targets, args.runs, args.warmup = [8], [2, 4], 1, 0
+        args.matcher_queries, args.matcher_targets, args.runs, args.warmup = [8], [4], 1, 0
+        args.predictions = 2
         args.update_preset = common.TINY
     return args
 

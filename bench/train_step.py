@@ -47,6 +47,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--no-hf", action="store_true", help="ours only")
     p.add_argument("--breakdown", action="store_true", help="time our step's parts too")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--torch-compile", action="store_true", help="HF's model under torch.compile too")
+    p.add_argument("--torch-compile-backend", default="inductor", help="eager: test the path without compiling")
+    p.add_argument("--peak-tflops", type=float, default=None, help="the accelerator's peak, for MFU")
     p.add_argument("--memory", type=int, default=None, help="compile at this size with/without remat: memory")
     common.add_thread_flag(p)
     p.add_argument("--json", default=None, help="write the results here")
@@ -295,26 +299,36 @@ def main(argv=None) -> dict[str, Any]:
     if not args.no_hf:
         import torch
 
-        hf_model.train()
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+        hf_model.train().to(device)
         pixels, masks, labels = hf_inputs(host, experiment.processor(c).normalize)
+        pixels, masks, labels = pixels.to(device), [m.to(device) for m in masks], [x.to(device) for x in labels]
         hf_model.config.train_num_points = c.loss.num_points
         hf_model.criterion.num_points = c.loss.num_points
-        if args.dtype == "bfloat16":
-            hf_model.to(torch.bfloat16)
-            pixels = pixels.to(torch.bfloat16)
-            masks = [m.to(torch.bfloat16) for m in masks]
+        # bfloat16 as ours: float32 parameters and optimizer, computation in bfloat16 (autocast)
+        autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
         o = opt_config
         hf_opt = torch.optim.AdamW(hf_model.parameters(), lr=o.learning_rate, betas=(o.b1, o.b2), eps=o.eps,
                                    weight_decay=o.weight_decay)  # fmt: skip
 
-        def hf():
-            hf_opt.zero_grad(set_to_none=True)
-            loss = hf_model(pixel_values=pixels, mask_labels=masks, class_labels=labels).loss
-            loss.backward()
-            hf_opt.step()
-            return loss.item()
+        def hf_step(net):
+            def run():
+                hf_opt.zero_grad(set_to_none=True)
+                with autocast:
+                    loss = net(pixel_values=pixels, mask_labels=masks, class_labels=labels).loss
+                loss.backward()
+                hf_opt.step()
+                sync()
+                return loss.item()
 
-        fns["hf"] = hf
+            return run
+
+        fns["hf"] = hf_step(hf_model)
+        if args.torch_compile:
+            compiled_hf = torch.compile(hf_model, backend=args.torch_compile_backend)
+            fns["hf_compile"] = hf_step(compiled_hf)
+            _, torch_compile_s = common.timed_once(fns["hf_compile"])
     loss0 = float(ours()["loss"])
     times = common.interleaved(fns, args.runs, args.warmup)
     load = common.load_average()
@@ -327,10 +341,15 @@ def main(argv=None) -> dict[str, Any]:
     if "hf" in times:
         result.update(hf_s=common.median(times["hf"]), hf_all=times["hf"])
         result["speedup"] = result["hf_s"] / ours_s
+    if "hf_compile" in times:
+        result.update(hf_compile_s=common.median(times["hf_compile"]), torch_compile_s=torch_compile_s)
+    result["ours_img_s"] = args.batch / ours_s
+    if flops and args.peak_tflops:
+        result["mfu"] = flops / ours_s / (args.peak_tflops * 1e12)
     record["step"] = result
     cols = [("preset", "model"), ("size", "size"), ("batch", "batch"), ("dtype", "dtype"), ("compile_s", "compile s"),
-            ("ours_s", "ours s"), ("hf_s", "HF s"), ("speedup", "HF / ours"), ("gflops", "GFLOP (XLA)"),
-            ("load", "load avg")]  # fmt: skip
+            ("ours_s", "ours s"), ("hf_s", "HF s"), ("speedup", "HF / ours"), ("hf_compile_s", "HF torch.compile s"),
+            ("ours_img_s", "ours img/s"), ("gflops", "GFLOP (XLA)"), ("mfu", "MFU"), ("load", "load avg")]  # fmt: skip
     print(common.table([result], cols), flush=True)
 
     if args.breakdown:
@@ -351,6 +370,7 @@ def main(argv=None) -> dict[str, Any]:
 
 
 def hf_breakdown(hf_model, pixels, masks, labels, runs, warmup) -> list[dict[str, Any]]:
+    """HF's forward in training mode, without and with its loss (no backward, no grad)."""
     import torch
 
     def forward():
