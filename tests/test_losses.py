@@ -16,10 +16,12 @@ from m2f_jax.losses import (
     LossConfig,
     check_targets,
     draw_points,
+    lazy_points,
     loss_from_points,
     mask2former_loss,
     match,
     select_uncertain_points,
+    slot_points,
     uncertainty_points,
 )
 from m2f_jax.modeling import Mask2FormerOutput
@@ -266,11 +268,10 @@ def test_mask_losses_of_valid_chunks_equal_every_slot(pattern):
     targets = PaddedTargets(masks, np.where(valid, 1, -1).astype(np.int32), valid)
     query = np.where(valid, np.stack([rng.permutation(Q + 4)[:slots] for _ in range(B)]), -1).astype(np.int32)
     points = draw_points(jax.random.key(3), 1, B, slots, CONFIG)[0]
-    num_uncertain = int(CONFIG.num_points * CONFIG.importance_sample_ratio)
 
     def run(fn):
         def total(logits):
-            bce, dice = fn(logits, targets, query, points, num_uncertain)
+            bce, dice = fn(logits, targets, query, points, CONFIG)
             return bce + 2 * dice, (bce, dice)
 
         return jax.jit(jax.value_and_grad(total, has_aux=True))(mask_logits)
@@ -279,3 +280,23 @@ def test_mask_losses_of_valid_chunks_equal_every_slot(pattern):
     (_, (bce, dice)), grad = run(_mask_losses_reference)
     np.testing.assert_allclose(chunked[0][1], (bce, dice), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(chunked[1], grad, rtol=1e-5, atol=1e-7)
+
+
+def test_points_drawn_per_slot_equal_the_same_points_given():
+    """mask2former_loss draws each valid slot's points when it reaches it (`lazy_points`); the loss is
+    the one computed from the same draws given as arrays for every slot."""
+    outputs, targets = random_outputs(8), padded(9)
+    key = jax.random.key(4)
+    lazy = lazy_points(key, PREDICTIONS, B, CONFIG)
+    pairs = jnp.arange(B * M)
+    given = []
+    for layer in lazy:
+        candidates, uniform = slot_points(layer.key, pairs, CONFIG)
+        given.append(
+            LayerPoints(layer.match, candidates.reshape(B, M, *candidates.shape[1:]), uniform.reshape(B, M, -1, 2))
+        )
+    total, parts = jax.jit(mask2former_loss, static_argnums=3)(outputs, targets, key, CONFIG)
+    expected_total, expected = jitted_loss(outputs, targets, tuple(given), CONFIG)
+    assert float(total) == pytest.approx(float(expected_total), rel=1e-6)
+    for name, value in expected.items():
+        assert float(parts[name]) == pytest.approx(float(value), rel=1e-5, abs=1e-6), name

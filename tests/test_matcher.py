@@ -154,3 +154,26 @@ def test_target_points_read_the_valid_slots_alone():
         expected = np.asarray(point_sample_shared(targets.masks[b], coords[b]))
         np.testing.assert_allclose(ours[b][valid[b]], expected[valid[b]], atol=1e-6)
         assert np.all(ours[b][~valid[b]] == 0)
+
+
+@pytest.mark.parametrize("shape", [(9, 6), (12, 12), (100, 100)])
+def test_valid_column_search_reaches_the_optimum(shape):
+    """The in-graph solver assigns only the valid columns: the same total cost as optax's Hungarian
+    algorithm on every column and as scipy on the valid ones, one query per valid column."""
+    from m2f_jax.losses.matcher import _hungarian_assign
+
+    rng = np.random.default_rng(sum(shape))
+    cost = rng.normal(size=(3, *shape)).astype(np.float32)
+    valid = rng.uniform(size=(3, shape[1])) < 0.4
+    valid[0] = True
+    valid[1, :] = False
+    valid[1, -1] = True  # one target, in the last slot
+    query = np.asarray(jax.jit(assign)(cost, valid))
+    masked = np.where(valid[:, None, :], cost, 0.0)
+    optax_query = np.asarray(jax.vmap(_hungarian_assign)(jnp.asarray(masked)))
+    for b in range(3):
+        ours = query[b][valid[b]]
+        assert len(set(ours.tolist())) == len(ours) and ours.min(initial=0) >= 0
+        best = total(cost[b][:, valid[b]], scipy_query(cost[b][:, valid[b]]))
+        assert total(cost[b][:, valid[b]], ours) == pytest.approx(best, abs=1e-4)
+        assert total(cost[b][:, valid[b]], optax_query[b][valid[b]]) == pytest.approx(best, abs=1e-4)

@@ -22,6 +22,7 @@ them, which is what the parity test against Hugging Face's `Mask2FormerLoss` fee
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import NamedTuple
 
 import jax
@@ -89,12 +90,29 @@ class LayerPoints(NamedTuple):
     """The uniform draws one prediction's loss uses, all (x, y) in [0, 1].
 
     match: (B, P, 2), the matcher's points of each image. candidates: (B, M, C, 2) and random: (B, M, R, 2),
-    per target slot, for the uncertainty-chosen points of the mask losses.
+    per target slot, for the uncertainty-chosen points of the mask losses; or both None and `key`: each
+    slot's are then drawn when needed (`slot_points`), for the valid slots alone.
     """
 
     match: jnp.ndarray
-    candidates: jnp.ndarray
-    random: jnp.ndarray
+    candidates: jnp.ndarray | None
+    random: jnp.ndarray | None
+    key: jax.Array | None = None
+
+
+def slot_points(key: jax.Array, pairs: jnp.ndarray, config: LossConfig) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """The candidates (N, C, 2) and uniform points (N, R, 2) of the flat slot indices `pairs` (N,)
+    (image * M + slot), each slot's own draw from `key` whatever else is drawn."""
+    num_candidates, _, num_random = _counts(config)
+
+    def one(pair):
+        slot_key = jax.random.fold_in(key, pair)
+        return (
+            jax.random.uniform(jax.random.fold_in(slot_key, 0), (num_candidates, 2)),
+            jax.random.uniform(jax.random.fold_in(slot_key, 1), (num_random, 2)),
+        )
+
+    return jax.vmap(one)(pairs)
 
 
 def draw_points(
@@ -112,6 +130,18 @@ def draw_points(
                 random=jax.random.uniform(k_random, (batch, num_slots, num_random, 2)),
             )
         )
+    return tuple(points)
+
+
+def lazy_points(key: jax.Array, num_predictions: int, batch: int, config: LossConfig) -> tuple[LayerPoints, ...]:
+    """`draw_points` with the slots' points left to be drawn by `slot_points` when the loss reaches them:
+    drawing every slot's 3 x 12544 candidates up front, padded slots included, took longer than the
+    rest of the loss on a CPU (bench/micro.py --only loss)."""
+    points = []
+    for layer_key in jax.random.split(key, num_predictions):
+        k_match, k_slots = jax.random.split(layer_key)
+        match = jax.random.uniform(k_match, (batch, config.num_points, 2))
+        points.append(LayerPoints(match=match, candidates=None, random=None, key=k_slots))
     return tuple(points)
 
 
@@ -141,7 +171,7 @@ def _mask_losses(
     targets: PaddedTargets,
     query: jnp.ndarray,
     points: LayerPoints,
-    num_uncertain: int,
+    config: LossConfig,
     chunk: int = CHUNK,
 ):
     """(BCE, dice) of the matched pairs on their uncertainty-chosen points, each summed over the valid
@@ -149,7 +179,8 @@ def _mask_losses(
 
     Only the valid slots are computed, `chunk` at a time (`chunks.valid_first`): a padded slot's points,
     top-k and losses would be thrown away. The matched masks are gathered once, outside the loop, so the
-    gradient flows back through one gather of whole maps."""
+    gradient flows back through one gather of whole maps. Points given as arrays are read per slot;
+    given as a key, each valid slot's are drawn here (`slot_points`)."""
     batch, num_slots = query.shape
     n = batch * num_slots
     valid = jnp.asarray(targets.valid).reshape(n)
@@ -157,12 +188,19 @@ def _mask_losses(
     matched_query = jnp.maximum(query.reshape(n), 0)[pairs]  # padded slots read query 0, then count for nothing
     maps = jnp.asarray(mask_logits)[pairs // num_slots, matched_query]  # (chunks, chunk, h, w)
     masks = jnp.asarray(targets.masks).reshape(n, *targets.masks.shape[2:])
-    candidates = jnp.asarray(points.candidates).reshape(n, *points.candidates.shape[2:])
-    random = jnp.asarray(points.random).reshape(n, *points.random.shape[2:])
+    _, num_uncertain, _ = _counts(config)
+    if points.candidates is None:
+        draw = functools.partial(slot_points, points.key, config=config)
+    else:
+        candidates = jnp.asarray(points.candidates).reshape(n, *points.candidates.shape[2:])
+        random = jnp.asarray(points.random).reshape(n, *points.random.shape[2:])
+
+        def draw(pairs_c):
+            return candidates[pairs_c], random[pairs_c]
 
     def losses(live_c, inputs):
         maps_c, pairs_c = inputs
-        coords = select_uncertain_points(maps_c, candidates[pairs_c], random[pairs_c], num_uncertain)
+        coords = select_uncertain_points(maps_c, *draw(pairs_c), num_uncertain)
         bce, dice = _pair_losses(point_sample(maps_c, coords), point_sample(masks[pairs_c], coords))
         return jnp.stack([jnp.sum(jnp.where(live_c, bce, 0.0)), jnp.sum(jnp.where(live_c, dice, 0.0))])
 
@@ -172,9 +210,11 @@ def _mask_losses(
 
 
 def _mask_losses_reference(
-    mask_logits: jnp.ndarray, targets: PaddedTargets, query: jnp.ndarray, points: LayerPoints, num_uncertain: int
+    mask_logits: jnp.ndarray, targets: PaddedTargets, query: jnp.ndarray, points: LayerPoints, config: LossConfig
 ):
-    """`_mask_losses` computed for every slot, padded ones included (the plain version it is tested against)."""
+    """`_mask_losses` computed for every slot, padded ones included, from points given as arrays (the plain
+    version it is tested against)."""
+    _, num_uncertain, _ = _counts(config)
     batch, num_slots = query.shape
     index = jnp.maximum(query, 0)[:, :, None, None]  # padded slots read query 0, then count for nothing
     matched = jnp.take_along_axis(mask_logits, index, axis=1).reshape(batch * num_slots, *mask_logits.shape[2:])
@@ -203,9 +243,8 @@ def prediction_loss(
         dice_weight=config.dice_weight,
         solver=config.matcher,
     )
-    _, num_uncertain, _ = _counts(config)
     ce = _cross_entropy(class_logits, targets.labels, query, config.no_object_weight)
-    return (ce, *_mask_losses(mask_logits, targets, query, points, num_uncertain))
+    return (ce, *_mask_losses(mask_logits, targets, query, points, config))
 
 
 def _predictions(outputs, config: LossConfig) -> list[tuple[jnp.ndarray, jnp.ndarray]]:
@@ -221,7 +260,7 @@ def loss_from_points(
     outputs, targets: PaddedTargets, points: tuple[LayerPoints, ...], config: LossConfig
 ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
     """`mask2former_loss` with the random points given, one `LayerPoints` per prediction the loss covers
-    (auxiliary first)."""
+    (auxiliary first): arrays (`draw_points`) or keys (`lazy_points`)."""
     predictions = _predictions(outputs, config)
     if len(points) != len(predictions):
         raise ValueError(f"got points for {len(points)} predictions, the outputs have {len(predictions)}")
@@ -252,8 +291,7 @@ def mask2former_loss(
     """
     if not isinstance(targets.labels, jax.core.Tracer):
         check_targets(targets, outputs.class_queries_logits.shape[-1] - 1)
-    batch, num_slots = targets.labels.shape
-    points = draw_points(key, len(_predictions(outputs, config)), batch, num_slots, config)
+    points = lazy_points(key, len(_predictions(outputs, config)), targets.labels.shape[0], config)
     return loss_from_points(outputs, targets, points, config)
 
 
