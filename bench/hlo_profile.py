@@ -153,10 +153,24 @@ def profile(fn, args, calls: int, folder: str) -> tuple[dict[str, float], float]
         for line in plane.lines:
             if not line.name.startswith("tf_XLA"):
                 continue
-            for event in line.events:
-                stats = dict(event.stats)
-                if "hlo_op" in stats:
-                    totals[stats["hlo_op"]] += event.duration_ns * 1e-9 / calls
+            # Operations inside a while loop or a conditional are events nested in its event: count each
+            # event's own time (its duration less its children's), so nothing is counted twice.
+            events = sorted(
+                ((e.start_ns, e.duration_ns, dict(e.stats).get("hlo_op")) for e in line.events),
+                key=lambda e: (e[0], -e[1]),
+            )
+            stack: list[list] = []  # [end, name, own time]
+            for start_ns, duration, name in events:
+                while stack and stack[-1][0] <= start_ns:
+                    end, parent, own = stack.pop()
+                    if parent:
+                        totals[parent] += own * 1e-9 / calls
+                if stack:
+                    stack[-1][2] -= duration
+                stack.append([start_ns + duration, name, duration])
+            for _, parent, own in stack:
+                if parent:
+                    totals[parent] += own * 1e-9 / calls
     return totals, wall
 
 

@@ -44,10 +44,52 @@ def _variants():
     variants["flat, token-major rows (no transpose)"] = lambda *a: _flat_token_major(jnp, deform_attn, *a)
     variants["flat, token-major, multiply + sum"] = lambda *a: _flat_token_major(jnp, deform_attn, *a, reduce=True)
     variants["2x2 packed rows, one gather"] = lambda *a: _packed(jnp, deform_attn, *a)
+    core = _weighted_gather_vjp(recompute=True)
+    variants["token-major, custom VJP (gather recomputed)"] = lambda *a: _flat_token_major(
+        jnp, deform_attn, *a, core=core
+    )
+    core_saved = _weighted_gather_vjp(recompute=False)
+    variants["token-major, custom VJP (gather saved)"] = lambda *a: _flat_token_major(
+        jnp, deform_attn, *a, core=core_saved
+    )
     return variants
 
 
-def _flat_token_major(jnp, deform_attn, value, spatial_shapes, locations, weights, valid_shapes=None, reduce=False):
+def _weighted_gather_vjp(recompute: bool):
+    """out[n] = sum_k weight[n, k] rows[index[n, k]] with a hand-written backward: the value gradient a
+    scatter-add of weight x out-gradient built in the gathered layout (no transposed copy), the weight
+    gradient from the gathered rows (gathered again, or kept from the forward: memory)."""
+    import jax
+    import jax.numpy as jnp
+
+    def gather(rows, index):
+        return rows.at[index].get(mode="promise_in_bounds")
+
+    @jax.custom_vjp
+    def core(rows, index, weight):
+        return jnp.einsum("nkd,nk->nd", gather(rows, index), weight)
+
+    def fwd(rows, index, weight):
+        gathered = gather(rows, index)
+        kept = rows if recompute else gathered
+        return jnp.einsum("nkd,nk->nd", gathered, weight), (kept, index, weight, rows.shape[0])
+
+    def bwd(res, dout):
+        kept, index, weight, num_rows = res
+        gathered = gather(kept, index) if recompute else kept
+        dweight = jnp.sum(gathered * dout[:, None, :], axis=-1)
+        updates = (weight[..., None] * dout[:, None, :]).reshape(-1, dout.shape[-1])
+        drows = jnp.zeros((num_rows, dout.shape[-1]), dout.dtype)
+        drows = drows.at[index.reshape(-1)].add(updates, mode="promise_in_bounds")
+        return drows, None, dweight
+
+    core.defvjp(fwd, bwd)
+    return core
+
+
+def _flat_token_major(
+    jnp, deform_attn, value, spatial_shapes, locations, weights, valid_shapes=None, reduce=False, core=None
+):
     """The flat gather with rows in value's own order (batch, token, head): no transpose of the values."""
     b, s, n_heads, hd = value.shape
     q = locations.shape[1]
@@ -63,8 +105,11 @@ def _flat_token_major(jnp, deform_attn, value, spatial_shapes, locations, weight
     token = jnp.stack(indices, axis=3)  # (B, Q, H, L, P, 4)
     index = (jnp.arange(b)[:, None, None, None, None, None] * s + token) * n_heads
     index = index + jnp.arange(n_heads)[None, None, :, None, None, None]
-    gathered = rows.at[index.reshape(-1)].get(mode="promise_in_bounds").reshape(b, q, n_heads, -1, hd)
     weight = jnp.stack(ws, axis=3).reshape(b, q, n_heads, -1)
+    if core is not None:
+        k = weight.shape[-1]
+        return core(rows, index.reshape(-1, k), weight.reshape(-1, k)).reshape(b, q, n_heads * hd)
+    gathered = rows.at[index.reshape(-1)].get(mode="promise_in_bounds").reshape(b, q, n_heads, -1, hd)
     if reduce:
         return jnp.sum(gathered * weight[..., None], axis=3).reshape(b, q, n_heads * hd)
     return jnp.einsum("bqhkd,bqhk->bqhd", gathered, weight).reshape(b, q, n_heads * hd)
@@ -102,12 +147,22 @@ def _packed(jnp, deform_attn, value, spatial_shapes, locations, weights, valid_s
 
 
 def deform_inputs(size: int, batch: int, heads: int = 8, hd: int = 32, points: int = 4, seed: int = 0):
+    """Values, and locations as the pixel decoder makes them: every token of every level a query at its
+    own pixel centre, its points a few pixels away on each level (offsets ~ N(0, 2 pixels), as a
+    trained model's), so that memory is read as locally as in the model."""
     shapes = tuple((-(-size // s), -(-size // s)) for s in (32, 16, 8))
     total = sum(h * w for h, w in shapes)
     rng = np.random.RandomState(seed)
     value = rng.randn(batch, total, heads, hd).astype(np.float32)
-    # reference points at pixel centres plus offsets of a few pixels, as trained offsets look
-    locations = rng.uniform(-0.05, 1.05, (batch, total, heads, len(shapes), points, 2)).astype(np.float32)
+    centres = np.concatenate(
+        [
+            np.stack(np.meshgrid((np.arange(w) + 0.5) / w, (np.arange(h) + 0.5) / h), -1).reshape(-1, 2)
+            for h, w in shapes
+        ]
+    )  # (S, 2) as (x, y)
+    sides = np.array([[w, h] for h, w in shapes], np.float32)  # (L, 2)
+    offsets = rng.randn(batch, total, heads, len(shapes), points, 2) * 2.0 / sides[:, None, :]
+    locations = (centres[None, :, None, None, None, :] + offsets).astype(np.float32)
     weights = rng.rand(batch, total, heads, len(shapes), points).astype(np.float32)
     weights /= weights.sum(axis=(3, 4), keepdims=True)
     return value, shapes, locations, weights
@@ -154,7 +209,14 @@ def bench_points(args) -> list[dict[str, Any]]:
 
     from m2f_jax.losses import points as pts
 
-    variants = {"point_sample (take_along_axis)": pts.point_sample}
+    def flat_gather(maps, coords):  # one gather from the maps as a flat vector
+        n, height, width = maps.shape
+        index, weights = pts._corners(coords, height, width)
+        flat = index + (jnp.arange(n, dtype=index.dtype) * (height * width))[:, None, None]
+        values = maps.reshape(-1)[flat.reshape(-1)].reshape(weights.shape)
+        return jnp.sum(values.astype(jnp.float32) * weights, axis=-1)
+
+    variants = {"point_sample (take_along_axis)": pts.point_sample, "flat gather": flat_gather}
     for name in ("point_sample_flat", "point_sample_reference"):
         if hasattr(pts, name):
             variants[name] = getattr(pts, name)
@@ -181,11 +243,35 @@ def bench_points(args) -> list[dict[str, Any]]:
             expected.setdefault(case, out)
             rows.append({"variant": name, "case": case, "max_diff": float(np.abs(out - expected[case]).max())})
     query_maps = np.resize(maps, (args.queries, side, side))
-    shared_fn = jax.jit(pts.point_sample_shared).lower(query_maps, shared).compile()
-    fns[("point_sample_shared", "matcher: Q maps, shared pts")] = lambda: jax.block_until_ready(
-        shared_fn(query_maps, shared)
-    )
-    rows.append({"variant": "point_sample_shared", "case": "matcher: Q maps, shared pts", "max_diff": 0.0})
+
+    def rows_of_points(maps, coords):  # the maps as a (pixels, maps) table: one row per corner
+        n, height, width = maps.shape
+        index, weights = pts._corners(coords, height, width)
+        table = maps.reshape(n, height * width).T
+        values = table[index.reshape(-1)].reshape(*index.shape, n)
+        return jnp.einsum("pcn,pc->np", values.astype(jnp.float32), weights)
+
+    case = f"matcher: {args.queries} maps, {args.points} shared pts"
+    expected_shared = None
+    for name, fn in (("point_sample_shared", pts.point_sample_shared), ("shared, table rows", rows_of_points)):
+        exe = jax.jit(fn).lower(query_maps, shared).compile()
+        fns[(name, case)] = lambda exe=exe: jax.block_until_ready(exe(query_maps, shared))
+        out = np.asarray(exe(query_maps, shared))
+        expected_shared = out if expected_shared is None else expected_shared
+        rows.append({"variant": name, "case": case, "max_diff": float(np.abs(out - expected_shared).max())})
+    # choosing the most uncertain quarter of the candidates: XLA's top-k against the bisection
+    num_uncertain = int(0.75 * args.points)
+    uncertainty = np.abs(rng.randn(min(n, 2 * 16), 3 * args.points)).astype(np.float32)
+    case = f"{len(uncertainty)} rows: {num_uncertain} smallest of {3 * args.points}"
+    chosen = {}
+    for name, fn in (("lax.top_k", lambda u: jnp.sort(jax.lax.top_k(-u, num_uncertain)[1], axis=1)),
+                     ("smallest_k (bisection)", lambda u: pts.smallest_k(u, num_uncertain))):  # fmt: skip
+        exe = jax.jit(fn).lower(uncertainty).compile()
+        fns[(name, case)] = lambda exe=exe: jax.block_until_ready(exe(uncertainty))
+        chosen[name] = np.asarray(exe(uncertainty))
+        rows.append(
+            {"variant": name, "case": case, "max_diff": float(np.abs(chosen[name] - chosen["lax.top_k"]).max())}
+        )
     times = common.interleaved(fns, args.runs, args.warmup)
     for row in rows:
         row["ms"] = common.median(times[(row["variant"], row["case"])]) * 1e3
@@ -238,6 +324,94 @@ def bench_matcher(args) -> list[dict[str, Any]]:
     print(common.table(rows, [("queries", "queries"), ("targets", "valid targets"), ("slots", "slots (M)"),
                               ("hungarian_ms", "optax in-graph ms"), ("scipy_ms", "scipy callback ms"),
                               ("same_cost", "same total cost")]))  # fmt: skip
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------
+# The matched loss: every target slot computed, or the valid ones in chunks
+
+
+def _optax_assign(cost, valid, solver):
+    """`assign` as before: optax's Hungarian algorithm on every column, padded ones included."""
+    import jax
+    import jax.numpy as jnp
+
+    from m2f_jax.losses import matcher
+
+    cost = jnp.where(valid[:, None, :], jnp.clip(jnp.nan_to_num(cost, nan=1e8), -1e8, 1e8), 0.0)
+    return jnp.where(valid, jax.vmap(matcher._hungarian_assign)(jax.lax.stop_gradient(cost)), -1)
+
+
+def _every_slot_match(class_logits, mask_logits, targets, coords, *, solver, **weights):
+    """The matcher reading every target slot, padded ones included."""
+    import jax
+
+    from m2f_jax.losses.matcher import assign, matching_cost
+
+    cost = jax.vmap(lambda c, m, t, lab, xy: matching_cost(c, m, t, lab, xy, **weights))(
+        class_logits, mask_logits, targets.masks, targets.labels, coords
+    )
+    return assign(cost, targets.valid, solver)
+
+
+def bench_loss(args) -> list[dict[str, Any]]:
+    """The whole matched loss (every prediction: matcher + CE + point-sampled BCE and dice), forward and
+    backward from random outputs, `slots` target slots per image of which 8-20 are valid (COCO), as it
+    was (every slot drawn, read and solved) and with each change since, cumulatively."""
+    import jax
+    import jax.numpy as jnp
+
+    from m2f_jax.losses import LossConfig, criterion, draw_points, loss_from_points, mask2former_loss, matcher
+    from m2f_jax.modeling import Mask2FormerOutput
+    from m2f_jax.processing.targets import PaddedTargets
+
+    rng = np.random.RandomState(0)
+    b, q, side, k = args.batch, args.queries, args.size // 4, 134
+    layers = [(rng.randn(b, q, k).astype(np.float32), 2 * rng.randn(b, q, side, side).astype(np.float32))
+              for _ in range(args.predictions)]  # fmt: skip
+    outputs = Mask2FormerOutput(
+        *map(jnp.asarray, layers[-1]),
+        tuple({"class_queries_logits": jnp.asarray(c), "masks_queries_logits": jnp.asarray(m)} for c, m in layers[:-1]),
+    )
+    counts = rng.randint(args.segments[0], args.segments[1] + 1, b)
+    valid = np.arange(args.slots)[None, :] < counts[:, None]
+    masks = jnp.asarray((rng.rand(b, args.slots, args.size, args.size) > 0.7) & valid[..., None, None])
+    targets = PaddedTargets(masks, jnp.asarray(np.where(valid, 1, -1).astype(np.int32)), jnp.asarray(valid))
+    config = LossConfig(num_points=args.points)
+    key = jax.random.key(0)
+
+    def drawn_up_front(o):
+        points = draw_points(key, args.predictions, b, args.slots, config)
+        return loss_from_points(o, targets, points, config)[0]
+
+    variants = {  # name: (loss function, {module attribute: stand-in})
+        "before: every slot drawn, read, solved (optax)": (drawn_up_front, {
+            (matcher, "assign"): _optax_assign, (criterion, "match"): _every_slot_match,
+            (criterion, "_mask_losses"): criterion._mask_losses_reference}),
+        "+ matcher: valid targets only (augmenting paths)": (drawn_up_front, {
+            (criterion, "match"): _every_slot_match, (criterion, "_mask_losses"): criterion._mask_losses_reference}),
+        "+ valid slots read in chunks (matcher, mask losses)": (drawn_up_front, {}),
+        "+ points drawn per valid slot (the step now)": (
+            lambda o: mask2former_loss(o, targets, key, config)[0], {}),
+    }  # fmt: skip
+    fns, values = {}, {}
+    for name, (fn, patches) in variants.items():
+        saved = {target: getattr(*target) for target in patches}
+        for (module, attr), stand_in in patches.items():
+            setattr(module, attr, stand_in)
+        try:
+            exe = jax.jit(jax.value_and_grad(fn)).lower(outputs).compile()
+        finally:
+            for (module, attr), original in saved.items():
+                setattr(module, attr, original)
+        values[name] = float(exe(outputs)[0])
+        fns[name] = lambda exe=exe: jax.block_until_ready(exe(outputs))
+    times = common.interleaved(fns, args.runs, args.warmup)
+    rows = [{"variant": name, "ms": common.median(t) * 1e3, "loss": values[name]} for name, t in times.items()]
+    print(f"matched loss, fwd + bwd: {args.predictions} predictions, batch {b}, {q} queries, {side}x{side} masks, "
+          f"{args.slots} slots with {counts.tolist()} targets, {args.points} points")  # fmt: skip
+    print(f"load {common.load_average()}")
+    print(common.table(rows, [("variant", "variant"), ("ms", "ms"), ("loss", "loss value")]))
     return rows
 
 
@@ -303,14 +477,15 @@ def bench_update(args) -> list[dict[str, Any]]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "--only", nargs="+", default=["deform", "points", "matcher"], choices=["deform", "points", "matcher"]
-    )
+    parts = ["deform", "points", "matcher", "loss", "update"]
+    p.add_argument("--only", nargs="+", default=parts, choices=parts)
+    p.add_argument("--update-preset", default="swin-tiny-coco-panoptic", help="the parameters of the update")
     p.add_argument("--size", type=int, default=384, help="input side (deformable levels, mask maps)")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--slots", type=int, default=100, help="target slots per image (point sampling)")
     p.add_argument("--queries", type=int, default=100)
     p.add_argument("--points", type=int, default=12544)
+    p.add_argument("--segments", type=int, nargs=2, default=(8, 20), help="loss: valid targets per image, min max")
     p.add_argument("--matcher-queries", type=int, nargs="+", default=[100, 200])
     p.add_argument("--matcher-targets", type=int, nargs="+", default=[10, 50, 100])
     p.add_argument("--predictions", type=int, default=10, help="matcher: predictions per step")
@@ -324,7 +499,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.size, args.batch, args.slots, args.queries, args.points = 64, 1, 4, 8, 64
         args.matcher_queries, args.matcher_targets, args.runs, args.warmup = [8], [4], 1, 0
         args.predictions = 2
-        args.update_preset = common.TINY
+        args.update_preset, args.segments = common.TINY, (1, 3)
     return args
 
 
@@ -335,7 +510,8 @@ def main(argv=None) -> dict[str, Any]:
     common.print_environment(info)
     record: dict[str, Any] = {"args": vars(args), "environment": info}
     for part in args.only:
-        benches = {"deform": bench_deform, "points": bench_points, "matcher": bench_matcher, "update": bench_update}
+        benches = {"deform": bench_deform, "points": bench_points, "matcher": bench_matcher, "loss": bench_loss,
+                   "update": bench_update}  # fmt: skip
         record[part] = benches[part](args)
         record[part + "_load"] = common.load_average()
     common.write_json(args.json, record)

@@ -300,3 +300,34 @@ def test_points_drawn_per_slot_equal_the_same_points_given():
     assert float(total) == pytest.approx(float(expected_total), rel=1e-6)
     for name, value in expected.items():
         assert float(parts[name]) == pytest.approx(float(value), rel=1e-5, abs=1e-6), name
+
+
+@pytest.mark.parametrize("k", [1, 5, 48, 191, 192])
+def test_smallest_k_is_the_top_k_set(k):
+    """The bisection selection picks the set XLA's top-k picks, ties (many equal values) included."""
+    from m2f_jax.losses.points import smallest_k
+
+    rng = np.random.default_rng(k)
+    values = np.abs(rng.normal(size=(6, 192))).astype(np.float32)
+    values[1] = np.round(values[1], 1)  # many ties
+    values[2] = 0.0  # all equal
+    values[3, ::3] = np.inf
+    ours = np.asarray(jax.jit(smallest_k, static_argnums=1)(values, k))
+    _, expected = jax.lax.top_k(-values, k)
+    np.testing.assert_array_equal(ours, np.sort(np.asarray(expected), axis=1))
+    assert np.all(np.diff(ours, axis=1) > 0)
+
+
+def test_uncertain_points_are_the_reference_set():
+    from m2f_jax.losses.points import select_uncertain_points_reference
+
+    rng = np.random.default_rng(11)
+    logits = rng.normal(size=(4, 8, 8)).astype(np.float32)
+    candidates = rng.uniform(size=(4, 96, 2)).astype(np.float32)
+    uniform = rng.uniform(size=(4, 8, 2)).astype(np.float32)
+    ours = np.asarray(select_uncertain_points(logits, candidates, uniform, 24))
+    reference = np.asarray(select_uncertain_points_reference(logits, candidates, uniform, 24))
+    key = lambda x: np.lexsort((x[..., 1], x[..., 0]))  # noqa: E731
+    for a, b in zip(ours, reference, strict=True):
+        np.testing.assert_array_equal(a[:24][key(a[:24])], b[:24][key(b[:24])])
+        np.testing.assert_array_equal(a[24:], b[24:])

@@ -177,3 +177,20 @@ def test_valid_column_search_reaches_the_optimum(shape):
         best = total(cost[b][:, valid[b]], scipy_query(cost[b][:, valid[b]]))
         assert total(cost[b][:, valid[b]], ours) == pytest.approx(best, abs=1e-4)
         assert total(cost[b][:, valid[b]], optax_query[b][valid[b]]) == pytest.approx(best, abs=1e-4)
+
+
+def test_point_sampling_equals_the_references():
+    from m2f_jax.losses.points import point_sample_reference, point_sample_shared_reference
+
+    rng = np.random.default_rng(12)
+    maps = rng.normal(size=(5, 9, 7)).astype(np.float32)
+    coords = rng.uniform(-0.1, 1.1, size=(5, 40, 2)).astype(np.float32)
+    np.testing.assert_allclose(point_sample(maps, coords), point_sample_reference(maps, coords), atol=1e-6)
+    np.testing.assert_allclose(
+        point_sample_shared(maps, coords[0]), point_sample_shared_reference(maps, coords[0]), atol=1e-6
+    )
+    binary = maps > 0
+    np.testing.assert_array_equal(point_sample(binary, coords), point_sample_reference(binary, coords))
+    grad = jax.grad(lambda m: jnp.sum(jnp.sin(point_sample(m, coords))))(maps)
+    expected = jax.grad(lambda m: jnp.sum(jnp.sin(point_sample_reference(m, coords))))(maps)
+    np.testing.assert_allclose(grad, expected, atol=1e-6)
