@@ -39,6 +39,7 @@ def point_sample(maps: jnp.ndarray, coords: jnp.ndarray) -> jnp.ndarray:
 
     One gather from the maps as a flat vector (faster on a CPU than a gather with a batch dimension,
     most of all its backward: bench/micro.py --only points); `point_sample_reference` is the plain one."""
+    maps = jnp.asarray(maps)
     n, height, width = maps.shape
     index, weights = _corners(coords, height, width)
     flat = index + (jnp.arange(n, dtype=index.dtype) * (height * width))[:, None, None]
@@ -58,6 +59,7 @@ def point_sample_reference(maps: jnp.ndarray, coords: jnp.ndarray) -> jnp.ndarra
 def point_sample_shared(maps: jnp.ndarray, coords: jnp.ndarray) -> jnp.ndarray:
     """Maps (N, H, W) all read at the same points (P, 2) -> (N, P) float32: the maps as a (pixels, N)
     table, one row per corner of a point (a third faster on a CPU than gathering each map's pixels)."""
+    maps = jnp.asarray(maps)
     n, height, width = maps.shape
     index, weights = _corners(coords, height, width)
     table = maps.reshape(n, height * width).T
