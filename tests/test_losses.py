@@ -16,10 +16,12 @@ from m2f_jax.losses import (
     LossConfig,
     check_targets,
     draw_points,
+    lazy_points,
     loss_from_points,
     mask2former_loss,
     match,
     select_uncertain_points,
+    slot_points,
     uncertainty_points,
 )
 from m2f_jax.modeling import Mask2FormerOutput
@@ -245,3 +247,87 @@ def test_config_is_checked():
         LossConfig(matcher="greedy")
     with pytest.raises(ValueError, match="candidates"):
         LossConfig(oversample_ratio=0.5)
+
+
+@pytest.mark.parametrize("pattern", ["first", "scattered", "none", "all"])
+def test_mask_losses_of_valid_chunks_equal_every_slot(pattern):
+    """The mask losses computed chunk by chunk on the valid slots alone equal the plain version that
+    computes every slot (values and gradients), wherever the valid slots lie."""
+    from m2f_jax.losses.criterion import _mask_losses, _mask_losses_reference
+
+    slots, chunk, size = 11, 4, 32
+    rng = np.random.default_rng(7)
+    mask_logits = jnp.asarray(2 * rng.normal(size=(B, Q + 4, size // 4, size // 4)), jnp.float32)
+    valid = {
+        "first": np.arange(slots)[None, :] < np.array([[5], [2]]),
+        "scattered": rng.uniform(size=(B, slots)) < 0.4,
+        "none": np.zeros((B, slots), bool),
+        "all": np.ones((B, slots), bool),
+    }[pattern]
+    masks = (rng.uniform(size=(B, slots, size, size)) > 0.5) & valid[..., None, None]
+    targets = PaddedTargets(masks, np.where(valid, 1, -1).astype(np.int32), valid)
+    query = np.where(valid, np.stack([rng.permutation(Q + 4)[:slots] for _ in range(B)]), -1).astype(np.int32)
+    points = draw_points(jax.random.key(3), 1, B, slots, CONFIG)[0]
+
+    def run(fn):
+        def total(logits):
+            bce, dice = fn(logits, targets, query, points, CONFIG)
+            return bce + 2 * dice, (bce, dice)
+
+        return jax.jit(jax.value_and_grad(total, has_aux=True))(mask_logits)
+
+    chunked = run(functools.partial(_mask_losses, chunk=chunk))
+    (_, (bce, dice)), grad = run(_mask_losses_reference)
+    np.testing.assert_allclose(chunked[0][1], (bce, dice), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(chunked[1], grad, rtol=1e-5, atol=1e-7)
+
+
+def test_points_drawn_per_slot_equal_the_same_points_given():
+    """mask2former_loss draws each valid slot's points when it reaches it (`lazy_points`); the loss is
+    the one computed from the same draws given as arrays for every slot."""
+    outputs, targets = random_outputs(8), padded(9)
+    key = jax.random.key(4)
+    lazy = lazy_points(key, PREDICTIONS, B, CONFIG)
+    pairs = jnp.arange(B * M)
+    given = []
+    for layer in lazy:
+        candidates, uniform = slot_points(layer.key, pairs, CONFIG)
+        given.append(
+            LayerPoints(layer.match, candidates.reshape(B, M, *candidates.shape[1:]), uniform.reshape(B, M, -1, 2))
+        )
+    total, parts = jax.jit(mask2former_loss, static_argnums=3)(outputs, targets, key, CONFIG)
+    expected_total, expected = jitted_loss(outputs, targets, tuple(given), CONFIG)
+    assert float(total) == pytest.approx(float(expected_total), rel=1e-6)
+    for name, value in expected.items():
+        assert float(parts[name]) == pytest.approx(float(value), rel=1e-5, abs=1e-6), name
+
+
+@pytest.mark.parametrize("k", [1, 5, 48, 191, 192])
+def test_smallest_k_is_the_top_k_set(k):
+    """The bisection selection picks the set XLA's top-k picks, ties (many equal values) included."""
+    from m2f_jax.losses.points import smallest_k
+
+    rng = np.random.default_rng(k)
+    values = np.abs(rng.normal(size=(6, 192))).astype(np.float32)
+    values[1] = np.round(values[1], 1)  # many ties
+    values[2] = 0.0  # all equal
+    values[3, ::3] = np.inf
+    ours = np.asarray(jax.jit(smallest_k, static_argnums=1)(values, k))
+    _, expected = jax.lax.top_k(-values, k)
+    np.testing.assert_array_equal(ours, np.sort(np.asarray(expected), axis=1))
+    assert np.all(np.diff(ours, axis=1) > 0)
+
+
+def test_uncertain_points_are_the_reference_set():
+    from m2f_jax.losses.points import select_uncertain_points_reference
+
+    rng = np.random.default_rng(11)
+    logits = rng.normal(size=(4, 8, 8)).astype(np.float32)
+    candidates = rng.uniform(size=(4, 96, 2)).astype(np.float32)
+    uniform = rng.uniform(size=(4, 8, 2)).astype(np.float32)
+    ours = np.asarray(select_uncertain_points(logits, candidates, uniform, 24))
+    reference = np.asarray(select_uncertain_points_reference(logits, candidates, uniform, 24))
+    key = lambda x: np.lexsort((x[..., 1], x[..., 0]))  # noqa: E731
+    for a, b in zip(ours, reference, strict=True):
+        np.testing.assert_array_equal(a[:24][key(a[:24])], b[:24][key(b[:24])])
+        np.testing.assert_array_equal(a[24:], b[24:])

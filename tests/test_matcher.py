@@ -138,3 +138,59 @@ def test_matcher_uses_the_configured_class_weight():
     run = jax.jit(lambda w: match(*inputs, class_weight=w, mask_weight=1.0, dice_weight=1.0))
     np.testing.assert_array_equal(run(0.5), [[0, 1]])
     np.testing.assert_array_equal(run(2.0), [[1, 0]])
+
+
+def test_target_points_read_the_valid_slots_alone():
+    """The matcher reads the valid target masks, chunk by chunk, as point_sample_shared does; the padded
+    slots' rows are zeros (their cost columns are replaced in `assign`)."""
+    from m2f_jax.losses.matcher import target_points
+
+    _, _, targets, coords = random_inputs(6, slots=9)
+    valid = targets.valid.copy()
+    valid[1, ::2] = False
+    targets = PaddedTargets(targets.masks, targets.labels, valid)
+    ours = np.asarray(jax.jit(lambda t, c: target_points(t, c, chunk=4))(targets, coords))
+    for b in range(2):
+        expected = np.asarray(point_sample_shared(targets.masks[b], coords[b]))
+        np.testing.assert_allclose(ours[b][valid[b]], expected[valid[b]], atol=1e-6)
+        assert np.all(ours[b][~valid[b]] == 0)
+
+
+@pytest.mark.parametrize("shape", [(9, 6), (12, 12), (100, 100)])
+def test_valid_column_search_reaches_the_optimum(shape):
+    """The in-graph solver assigns only the valid columns: the same total cost as optax's Hungarian
+    algorithm on every column and as scipy on the valid ones, one query per valid column."""
+    from m2f_jax.losses.matcher import _hungarian_assign
+
+    rng = np.random.default_rng(sum(shape))
+    cost = rng.normal(size=(3, *shape)).astype(np.float32)
+    valid = rng.uniform(size=(3, shape[1])) < 0.4
+    valid[0] = True
+    valid[1, :] = False
+    valid[1, -1] = True  # one target, in the last slot
+    query = np.asarray(jax.jit(assign)(cost, valid))
+    masked = np.where(valid[:, None, :], cost, 0.0)
+    optax_query = np.asarray(jax.vmap(_hungarian_assign)(jnp.asarray(masked)))
+    for b in range(3):
+        ours = query[b][valid[b]]
+        assert len(set(ours.tolist())) == len(ours) and ours.min(initial=0) >= 0
+        best = total(cost[b][:, valid[b]], scipy_query(cost[b][:, valid[b]]))
+        assert total(cost[b][:, valid[b]], ours) == pytest.approx(best, abs=1e-4)
+        assert total(cost[b][:, valid[b]], optax_query[b][valid[b]]) == pytest.approx(best, abs=1e-4)
+
+
+def test_point_sampling_equals_the_references():
+    from m2f_jax.losses.points import point_sample_reference, point_sample_shared_reference
+
+    rng = np.random.default_rng(12)
+    maps = rng.normal(size=(5, 9, 7)).astype(np.float32)
+    coords = rng.uniform(-0.1, 1.1, size=(5, 40, 2)).astype(np.float32)
+    np.testing.assert_allclose(point_sample(maps, coords), point_sample_reference(maps, coords), atol=1e-6)
+    np.testing.assert_allclose(
+        point_sample_shared(maps, coords[0]), point_sample_shared_reference(maps, coords[0]), atol=1e-6
+    )
+    binary = maps > 0
+    np.testing.assert_array_equal(point_sample(binary, coords), point_sample_reference(binary, coords))
+    grad = jax.grad(lambda m: jnp.sum(jnp.sin(point_sample(m, coords))))(maps)
+    expected = jax.grad(lambda m: jnp.sum(jnp.sin(point_sample_reference(m, coords))))(maps)
+    np.testing.assert_allclose(grad, expected, atol=1e-6)

@@ -5,8 +5,10 @@ from m2f_jax.losses.criterion import (
     LossConfig,
     check_targets,
     draw_points,
+    lazy_points,
     loss_from_points,
     mask2former_loss,
+    slot_points,
 )
 from m2f_jax.losses.matcher import assign, match, matching_cost
 from m2f_jax.losses.points import point_sample, point_sample_shared, select_uncertain_points, uncertainty_points
@@ -17,6 +19,7 @@ __all__ = [
     "assign",
     "check_targets",
     "draw_points",
+    "lazy_points",
     "loss_from_points",
     "mask2former_loss",
     "match",
@@ -24,5 +27,6 @@ __all__ = [
     "point_sample",
     "point_sample_shared",
     "select_uncertain_points",
+    "slot_points",
     "uncertainty_points",
 ]

@@ -198,7 +198,9 @@ def jitted_train_step(
     time)."""
     tx = build_optimizer(opt_config, parameter_groups(nnx.merge(graphdef, state.params, state.rngs)))
     losses = loss_config(c, config)
-    step = make_train_step(graphdef, tx, losses, processor(c).normalize, jnp.dtype(c.compute_dtype), layer_execution(c))
+    step = make_train_step(
+        graphdef, tx, losses, processor(c).normalize, jnp.dtype(c.compute_dtype), layer_execution(c), mesh
+    )
     shardings = jax.tree.map(lambda x: x.sharding, state)
     return jax.jit(
         step,

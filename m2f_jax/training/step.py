@@ -10,17 +10,22 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx, struct
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from m2f_jax.data.batch import model_inputs
 from m2f_jax.losses import LossConfig, mask2former_loss
 from m2f_jax.modeling import Mask2FormerForUniversalSegmentation
 from m2f_jax.modeling.layers import UNROLLED, LayerExecution
 from m2f_jax.processing.targets import PaddedTargets
+from m2f_jax.training.mesh import BATCH_AXES
 
 
 @struct.dataclass
@@ -95,6 +100,7 @@ def make_train_step(
     normalize: Callable[[jax.Array], jax.Array],
     compute_dtype: Any = jnp.float32,
     execution: LayerExecution = UNROLLED,
+    mesh: Mesh | None = None,
 ) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
     """The step on a host batch (m2f_jax.data.batch: uint8 images, target maps): images normalised by
     `normalize` (the image processor's) and binary target masks built here on the device; then the
@@ -105,7 +111,9 @@ def make_train_step(
     compute_dtype: the model's compute dtype in the step (bfloat16 on accelerators; see
     `set_dtype`): the parameters, gradients and optimizer state stay float32, and softmax, norm
     statistics, sampling and the loss stay float32.
-    execution: how the repeated layers run (rematerialisation policy, scan); the same values."""
+    execution: how the repeated layers run (rematerialisation policy, scan); the same values.
+    mesh: the device mesh the batch is split over; the loss then runs per device (`sharded_loss`)."""
+    loss_of = functools.partial(mask2former_loss, config=loss_config) if mesh is None else sharded_loss(mesh, loss_config)
 
     def loss_fn(params, rngs, batch, key):
         # copy=True: fresh Variables at this trace level, so dropout can advance the RNG counts.
@@ -116,7 +124,7 @@ def make_train_step(
         pixels, pixel_mask, masks = model_inputs(batch, normalize)
         outputs = model(pixels, pixel_mask=pixel_mask)
         targets = PaddedTargets(masks=masks, labels=batch["class_labels"], valid=batch["mask_valid"])
-        loss, parts = mask2former_loss(outputs, targets, key, loss_config)
+        loss, parts = loss_of(outputs, targets, key)
         return loss, (parts, nnx.state(model, nnx.Not(nnx.Param)))
 
     def step(state: TrainState, batch: Mapping[str, jax.Array]):
@@ -141,3 +149,12 @@ def make_train_step(
         return new_state, metrics
 
     return step
+
+
+def sharded_loss(mesh: Mesh, config: LossConfig) -> Callable:
+    """`mask2former_loss(outputs, targets, key)` with each device computing its own images' matching and
+    losses, and only the sums and counts added up over the batch axes: the loss's gathers and
+    per-target loops index the batch, and under plain jit the partitioner would gather every
+    device's mask logits and run them everywhere. The values are those of one device."""
+    loss = functools.partial(mask2former_loss, config=config, axis_name=BATCH_AXES)
+    return jax.shard_map(loss, mesh=mesh, in_specs=(P(BATCH_AXES), P(BATCH_AXES), P()), out_specs=P())
