@@ -7,10 +7,9 @@ into checkpoints, is a `TrainState` of arrays only.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
-
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -113,7 +112,10 @@ def make_train_step(
     statistics, sampling and the loss stay float32.
     execution: how the repeated layers run (rematerialisation policy, scan); the same values.
     mesh: the device mesh the batch is split over; the loss then runs per device (`sharded_loss`)."""
-    loss_of = functools.partial(mask2former_loss, config=loss_config) if mesh is None else sharded_loss(mesh, loss_config)
+    if mesh is None:
+        loss_of = functools.partial(mask2former_loss, config=loss_config)
+    else:
+        loss_of = sharded_loss(mesh, loss_config)
 
     def loss_fn(params, rngs, batch, key):
         # copy=True: fresh Variables at this trace level, so dropout can advance the RNG counts.
