@@ -132,6 +132,7 @@ def step_parts(c, config, graphdef, state, batch):
     from m2f_jax.processing.targets import PaddedTargets
     from m2f_jax.training import experiment
     from m2f_jax.training.optimizer import build_optimizer, parameter_groups
+    from m2f_jax.training.step import training_model
 
     dtype = jnp.dtype(c.compute_dtype)
     normalize = experiment.processor(c).normalize
@@ -142,10 +143,7 @@ def step_parts(c, config, graphdef, state, batch):
     key = jax.random.key(0)
 
     def outputs_of(params, rngs, batch):
-        model = nnx.merge(graphdef, params, rngs, copy=True)
-        model.set_execution(execution)
-        model.set_dtype(dtype)
-        model.train()
+        model = training_model(graphdef, params, rngs, dtype, execution)
         pixels, pixel_mask, masks = model_inputs(batch, normalize)
         out = model(pixels, pixel_mask=pixel_mask)
         return out, PaddedTargets(masks=masks, labels=batch["class_labels"], valid=batch["mask_valid"])

@@ -231,7 +231,12 @@ def _mask_losses(
 
 
 def _mask_losses_reference(
-    mask_logits: jnp.ndarray, targets: PaddedTargets, query: jnp.ndarray, points: LayerPoints, config: LossConfig
+    mask_logits: jnp.ndarray,
+    targets: PaddedTargets,
+    query: jnp.ndarray,
+    points: LayerPoints,
+    config: LossConfig,
+    axis_name=None,
 ):
     """`_mask_losses` computed for every slot, padded ones included, from points given as arrays (the plain
     version it is tested against)."""
@@ -243,8 +248,9 @@ def _mask_losses_reference(
     coords = select_uncertain_points(matched, flat(points.candidates), flat(points.random), num_uncertain)
     bce, dice = _pair_losses(point_sample(matched, coords), point_sample(flat(targets.masks), coords))
     valid = targets.valid.reshape(-1)
-    num_masks = jnp.maximum(jnp.sum(valid).astype(jnp.float32), 1.0)
-    return jnp.sum(jnp.where(valid, bce, 0.0)) / num_masks, jnp.sum(jnp.where(valid, dice, 0.0)) / num_masks
+    num_masks = jnp.maximum(_total(jnp.sum(valid).astype(jnp.float32), axis_name), 1.0)
+    sums = _total(jnp.stack([jnp.sum(jnp.where(valid, bce, 0.0)), jnp.sum(jnp.where(valid, dice, 0.0))]), axis_name)
+    return sums[0] / num_masks, sums[1] / num_masks
 
 
 def prediction_loss(

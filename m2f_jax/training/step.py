@@ -92,6 +92,19 @@ def non_finite_message(step: int, loss: float, grad_norm: float, last_checkpoint
     )
 
 
+def training_model(
+    graphdef: nnx.GraphDef, params: nnx.State, rngs: nnx.State, compute_dtype: Any, execution: LayerExecution
+) -> Mask2FormerForUniversalSegmentation:
+    """The model of a training state inside the step: in training mode, computing in `compute_dtype`,
+    its repeated layers run as `execution` says. copy=True: fresh Variables at this trace level, so
+    dropout can advance the RNG counts."""
+    model = nnx.merge(graphdef, params, rngs, copy=True)
+    model.set_execution(execution)
+    model.set_dtype(compute_dtype)
+    model.train()
+    return model
+
+
 def make_train_step(
     graphdef: nnx.GraphDef,
     optimizer: optax.GradientTransformation,
@@ -118,11 +131,7 @@ def make_train_step(
         loss_of = sharded_loss(mesh, loss_config)
 
     def loss_fn(params, rngs, batch, key):
-        # copy=True: fresh Variables at this trace level, so dropout can advance the RNG counts.
-        model = nnx.merge(graphdef, params, rngs, copy=True)
-        model.set_execution(execution)
-        model.set_dtype(compute_dtype)
-        model.train()
+        model = training_model(graphdef, params, rngs, compute_dtype, execution)
         pixels, pixel_mask, masks = model_inputs(batch, normalize)
         outputs = model(pixels, pixel_mask=pixel_mask)
         targets = PaddedTargets(masks=masks, labels=batch["class_labels"], valid=batch["mask_valid"])
