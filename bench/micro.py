@@ -210,17 +210,10 @@ def bench_points(args) -> list[dict[str, Any]]:
 
     from m2f_jax.losses import points as pts
 
-    def flat_gather(maps, coords):  # one gather from the maps as a flat vector
-        n, height, width = maps.shape
-        index, weights = pts._corners(coords, height, width)
-        flat = index + (jnp.arange(n, dtype=index.dtype) * (height * width))[:, None, None]
-        values = maps.reshape(-1)[flat.reshape(-1)].reshape(weights.shape)
-        return jnp.sum(values.astype(jnp.float32) * weights, axis=-1)
-
-    variants = {"point_sample (take_along_axis)": pts.point_sample, "flat gather": flat_gather}
-    for name in ("point_sample_flat", "point_sample_reference"):
-        if hasattr(pts, name):
-            variants[name] = getattr(pts, name)
+    variants = {
+        "point_sample (one flat gather, used)": pts.point_sample,
+        "point_sample_reference (take_along_axis per map)": pts.point_sample_reference,
+    }
     rng = np.random.RandomState(0)
     side = args.size // 4
     n = args.batch * args.slots
@@ -245,16 +238,13 @@ def bench_points(args) -> list[dict[str, Any]]:
             rows.append({"variant": name, "case": case, "max_diff": float(np.abs(out - expected[case]).max())})
     query_maps = np.resize(maps, (args.queries, side, side))
 
-    def rows_of_points(maps, coords):  # the maps as a (pixels, maps) table: one row per corner
-        n, height, width = maps.shape
-        index, weights = pts._corners(coords, height, width)
-        table = maps.reshape(n, height * width).T
-        values = table[index.reshape(-1)].reshape(*index.shape, n)
-        return jnp.einsum("pcn,pc->np", values.astype(jnp.float32), weights)
-
     case = f"matcher: {args.queries} maps, {args.points} shared pts"
     expected_shared = None
-    for name, fn in (("point_sample_shared", pts.point_sample_shared), ("shared, table rows", rows_of_points)):
+    shared_variants = (
+        ("point_sample_shared (maps as a table of rows, used)", pts.point_sample_shared),
+        ("point_sample_shared_reference (each map's pixels)", pts.point_sample_shared_reference),
+    )
+    for name, fn in shared_variants:
         exe = jax.jit(fn).lower(query_maps, shared).compile()
         fns[(name, case)] = lambda exe=exe: jax.block_until_ready(exe(query_maps, shared))
         out = np.asarray(exe(query_maps, shared))

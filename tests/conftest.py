@@ -21,6 +21,12 @@ if "PYTEST_XDIST_WORKER" not in os.environ:
     _OWN_CACHE = tempfile.mkdtemp(prefix="m2f-jax-test-xla-cache-")
     # every compilation, however quick or small (the defaults skip those under 1 s)
     os.environ.update(dict(zip(CACHE_VARIABLES, (_OWN_CACHE, "0", "-1"), strict=True)))
+    # XLA's backend (LLVM) at -O0: compiling is most of the suite's time and this cuts ~20% of it; the
+    # values are the same up to float rounding, which every test's tolerance allows. Read when the
+    # backend starts (first use, after this), by the workers and subprocesses too; a test's own
+    # XLA_FLAGS for a subprocess replace it.
+    if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
     if "jax" in sys.modules:  # imported before this file (a plugin): its config read the environment already
         import jax
 
