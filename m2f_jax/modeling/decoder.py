@@ -65,20 +65,8 @@ class MaskedAttentionDecoderLayer(nnx.Module):
         self.cross_attn_layer_norm = _layer_norm(d, rngs)
         self.self_attn = MultiHeadAttention(d, heads, config.dropout, rngs=rngs)
         self.self_attn_layer_norm = _layer_norm(d, rngs)
-        self.fc1 = nnx.Linear(
-            d,
-            config.dim_feedforward,
-            kernel_init=init.xavier_uniform(),
-            bias_init=init.torch_default_bias(d),
-            rngs=rngs,
-        )
-        self.fc2 = nnx.Linear(
-            config.dim_feedforward,
-            d,
-            kernel_init=init.xavier_uniform(),
-            bias_init=init.torch_default_bias(config.dim_feedforward),
-            rngs=rngs,
-        )
+        self.fc1 = init.feedforward_linear(d, config.dim_feedforward, rngs=rngs)
+        self.fc2 = init.feedforward_linear(config.dim_feedforward, d, rngs=rngs)
         self.final_layer_norm = _layer_norm(d, rngs)
         self.dropout = nnx.Dropout(config.dropout, deterministic=True, rngs=rngs)
 

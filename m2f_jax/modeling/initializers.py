@@ -41,6 +41,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 Initializer = jax.nn.initializers.Initializer
 
@@ -97,6 +98,18 @@ def torch_default_bias(fan_in: int) -> Initializer:
         return jax.random.uniform(key, shape, dtype, -bound, bound)
 
     return init
+
+
+def feedforward_linear(in_features: int, out_features: int, *, rngs: nnx.Rngs) -> nnx.Linear:
+    """A transformer FFN's fc1 / fc2 as the original builds them: xavier-uniform weights (its
+    `_reset_parameters` covers every matrix) and nn.Linear's default bias."""
+    return nnx.Linear(
+        in_features,
+        out_features,
+        kernel_init=xavier_uniform(),
+        bias_init=torch_default_bias(in_features),
+        rngs=rngs,
+    )
 
 
 def sampling_offsets_grid(n_heads: int, n_levels: int, n_points: int) -> np.ndarray:

@@ -86,20 +86,8 @@ class PixelDecoderEncoderLayer(nnx.Module):
         d = config.feature_size
         self.self_attn = MultiscaleDeformableAttention(d, config.num_attention_heads, NUM_LEVELS, NUM_POINTS, rngs=rngs)
         self.self_attn_layer_norm = nnx.LayerNorm(d, epsilon=1e-5, use_fast_variance=False, rngs=rngs)
-        self.fc1 = nnx.Linear(
-            d,
-            config.encoder_feedforward_dim,
-            kernel_init=init.xavier_uniform(),
-            bias_init=init.torch_default_bias(d),
-            rngs=rngs,
-        )
-        self.fc2 = nnx.Linear(
-            config.encoder_feedforward_dim,
-            d,
-            kernel_init=init.xavier_uniform(),
-            bias_init=init.torch_default_bias(config.encoder_feedforward_dim),
-            rngs=rngs,
-        )
+        self.fc1 = init.feedforward_linear(d, config.encoder_feedforward_dim, rngs=rngs)
+        self.fc2 = init.feedforward_linear(config.encoder_feedforward_dim, d, rngs=rngs)
         self.final_layer_norm = nnx.LayerNorm(d, epsilon=1e-5, use_fast_variance=False, rngs=rngs)
         self.dropout = nnx.Dropout(config.dropout, deterministic=True, rngs=rngs)
 
