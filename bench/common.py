@@ -204,6 +204,17 @@ def memory_summary(compiled) -> dict[str, float] | None:
     }
 
 
+def check_json_path(path: str | None) -> None:
+    """Refuses an existing --json file or a missing folder before any work (not after an hour of it)."""
+    if not path:
+        return
+    if os.path.exists(path):
+        raise SystemExit(f"{path} exists; choose another --json path")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise SystemExit(f"--json {path}: folder {folder} does not exist")
+
+
 def write_json(path: str | None, record: dict[str, Any]) -> None:
     """Appends nothing, overwrites nothing silently: writes `record` to a new file at `path` (refuses an
     existing one)."""

@@ -278,6 +278,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict[str, Any]:
     args = parse_args(argv)
+    common.check_json_path(args.json)
     common.set_threads(args.threads)
     info = common.environment()
     common.print_environment(info)

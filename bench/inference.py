@@ -170,6 +170,7 @@ COLUMNS = [
 
 def main(argv=None) -> dict[str, Any]:
     args = parse_args(argv)
+    common.check_json_path(args.json)
     common.set_threads(args.threads)
     info = common.environment()
     common.print_environment(info)

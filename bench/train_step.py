@@ -258,6 +258,7 @@ def memory_at(args, config, folder: str) -> list[dict[str, Any]]:
 
 def main(argv=None) -> dict[str, Any]:
     args = parse_args(argv)
+    common.check_json_path(args.json)
     common.set_threads(args.threads)
     import jax
     import jax.numpy as jnp

@@ -63,3 +63,17 @@ def test_micro_matcher_quick(bench_modules):
     rows = record["matcher"]
     assert rows and all(row["same_cost"] for row in rows)
     assert all(np.isfinite([row["hungarian_ms"], row["optax_ms"], row["scipy_ms"]]).all() for row in rows)
+
+
+def test_json_path_is_checked_before_any_work(bench_modules, tmp_path):
+    """An existing --json file or a missing folder stops a benchmark at its start, not after the run."""
+    common = bench_modules["common"]
+    existing = tmp_path / "done.json"
+    existing.write_text("{}")
+    with pytest.raises(SystemExit, match="exists"):
+        common.check_json_path(str(existing))
+    with pytest.raises(SystemExit, match="does not exist"):
+        common.check_json_path(str(tmp_path / "missing" / "x.json"))
+    common.check_json_path(str(tmp_path / "new.json"))
+    common.check_json_path(None)
+    assert existing.read_text() == "{}"

@@ -58,7 +58,9 @@ def point_sample_reference(maps: jnp.ndarray, coords: jnp.ndarray) -> jnp.ndarra
 
 def point_sample_shared(maps: jnp.ndarray, coords: jnp.ndarray) -> jnp.ndarray:
     """Maps (N, H, W) all read at the same points (P, 2) -> (N, P) float32: the maps as a (pixels, N)
-    table, one row per corner of a point (a third faster on a CPU than gathering each map's pixels)."""
+    table, one row per corner of a point. Against gathering each map's pixels
+    (`point_sample_shared_reference`) the CPU runs disagree: 26 vs 38 ms in one, 27 vs 17 ms in a
+    quieter one (docs/benchmarks.md); kept until the GPU run settles it."""
     maps = jnp.asarray(maps)
     n, height, width = maps.shape
     index, weights = _corners(coords, height, width)
