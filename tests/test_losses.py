@@ -297,7 +297,8 @@ def test_points_drawn_per_slot_equal_the_same_points_given():
         )
     total, parts = jax.jit(mask2former_loss, static_argnums=3)(outputs, targets, key, CONFIG)
     expected_total, expected = jitted_loss(outputs, targets, tuple(given), CONFIG)
-    assert float(total) == pytest.approx(float(expected_total), rel=1e-6)
+    # two graphs (points drawn per slot, points given as arrays): they may differ by float rounding only
+    assert float(total) == pytest.approx(float(expected_total), rel=1e-5)
     for name, value in expected.items():
         assert float(parts[name]) == pytest.approx(float(value), rel=1e-5, abs=1e-6), name
 
