@@ -163,14 +163,19 @@ def abstract_state(c: Any, config: Mask2FormerConfig, opt_config: OptimizerConfi
 
 
 def initial_state(
-    c: Any, config: Mask2FormerConfig, opt_config: OptimizerConfig, mesh
+    c: Any, config: Mask2FormerConfig, opt_config: OptimizerConfig, mesh, report: list[str] | None = None
 ) -> tuple[nnx.GraphDef, TrainState]:
     """(graphdef, TrainState) placed on the mesh: random weights created directly in their
-    shards, or the weights of `model.init_from`."""
+    shards, or the weights of `model.init_from` (onto the data's labels: see training.finetune).
+    `report`, when given, receives lines saying where the initial weights came from."""
     if c.model.init_from:
-        from m2f_jax.weights import from_pretrained
+        from m2f_jax.training.finetune import load_for_labels
 
-        model = from_pretrained(c.model.init_from, seed=c.seed)
+        model, lines = load_for_labels(
+            c.model.init_from, config, c.seed, keep_matching_labels=c.model.get("keep_matching_labels", True)
+        )
+        if report is not None:
+            report.extend(lines)
         graphdef, state = init_state(model, build_optimizer(opt_config, parameter_groups(model)), c.seed)
         return graphdef, jax.device_put(state, state_sharding(mesh, state))
     graphdef, init = _state_builder(c, config, opt_config)
