@@ -149,9 +149,14 @@ def build_resnet(resnet_module):
     for i, (width, depth) in enumerate(zip(RESNET["widths"], RESNET["depths"], strict=True)):
         stages.append(
             resnet_module.ResNet.make_stage(
-                resnet_module.BottleneckBlock, depth, stride_per_block=[1 if i == 0 else 2] + [1] * (depth - 1),
-                in_channels=in_channels, out_channels=width, bottleneck_channels=width // 4,
-                norm="FrozenBN", stride_in_1x1=False,
+                resnet_module.BottleneckBlock,
+                depth,
+                stride_per_block=[1 if i == 0 else 2] + [1] * (depth - 1),
+                in_channels=in_channels,
+                out_channels=width,
+                bottleneck_channels=width // 4,
+                norm="FrozenBN",
+                stride_in_1x1=False,
             )  # fmt: skip
         )
         in_channels = width
