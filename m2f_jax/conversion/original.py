@@ -478,3 +478,32 @@ def _check(params: Mapping[str, np.ndarray], config: Mask2FormerConfig, origin: 
             name = line.strip().split(":")[0]
             lines.append(f"{line}  <- {ours_to_original[name]}" if name in ours_to_original else line)
         raise hf.CheckpointMismatch(f"{source}: " + "\n".join(lines)) from None
+
+
+def is_original_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether `path` names a file this module reads (by its extension)."""
+    return os.path.isfile(path) and os.fspath(path).endswith(EXTENSIONS)
+
+
+def convert_original(
+    source: str | os.PathLike,
+    destination: str | os.PathLike | None = None,
+    *,
+    labels: Labels = None,
+    preset_name: str | None = None,
+    overwrite: bool = False,
+    seed: int = 0,
+):
+    """Converts an original checkpoint file; returns (model, ignored original keys). With `destination`,
+    also writes the converted folder (config.json + flax_model.safetensors) atomically, as convert_hf
+    does; an existing non-empty destination is replaced only with `overwrite=True`, checked first."""
+    from m2f_jax import weights
+
+    if destination is not None:
+        weights.check_destination(destination, overwrite)
+    config, params, ignored = load_original(source, labels=labels, preset_name=preset_name)
+    model = weights.model_from_params(config, params, seed)
+    model.name_or_path = os.fspath(source)
+    if destination is not None:
+        weights.save_model(model, destination, overwrite=overwrite)
+    return model, ignored
