@@ -317,13 +317,9 @@ def infer_resnet(state: Mapping[str, np.ndarray], source: str = "the checkpoint"
     )
 
 
-def infer_config(state: Mapping[str, np.ndarray], source: str = "the checkpoint") -> Mask2FormerConfig:
-    """The model config the original tensors determine, with placeholder label names."""
-    if "backbone.stem.conv1.weight" in state:
-        raise ValueError(
-            f"{source} has a ResNet backbone ({infer_resnet(state, source)}), which this m2f_jax cannot build yet"
-        )
-    backbone = infer_swin(state, source)
+def infer_head(state: Mapping[str, np.ndarray], source: str = "the checkpoint") -> dict[str, Any]:
+    """The Mask2FormerConfig fields of the pixel decoder and transformer decoder the tensors determine
+    (the attention heads from the deformable attention's sampling offsets: heads x levels x 4 points x 2)."""
     pd, pr = "sem_seg_head.pixel_decoder.", "sem_seg_head.predictor."
     queries = _get(state, pr + "query_feat.weight", source)
     classes = _get(state, pr + "class_embed.weight", source)
@@ -332,8 +328,7 @@ def infer_config(state: Mapping[str, np.ndarray], source: str = "the checkpoint"
     points = 4  # MSDeformAttn's n_points, fixed by the original pixel decoder (and HF)
     if levels == 0 or offsets.shape[0] % (levels * points * 2):
         raise ValueError(f"{source}: sampling_offsets has {offsets.shape[0]} rows, not heads x {levels} levels x 4 x 2")
-    return Mask2FormerConfig(
-        backbone_config=backbone,
+    return dict(
         id2label={i: f"LABEL_{i}" for i in range(classes.shape[0] - 1)},
         feature_size=int(_get(state, pd + "input_proj.0.0.weight", source).shape[0]),
         mask_feature_size=int(_get(state, pd + "mask_features.weight", source).shape[0]),
@@ -347,6 +342,16 @@ def infer_config(state: Mapping[str, np.ndarray], source: str = "the checkpoint"
         enforce_input_projection=pr + "input_proj.0.weight" in state,
         num_queries=int(queries.shape[0]),
     )
+
+
+def infer_config(state: Mapping[str, np.ndarray], source: str = "the checkpoint") -> Mask2FormerConfig:
+    """The model config the original tensors determine, with placeholder label names."""
+    head = infer_head(state, source)
+    if "backbone.stem.conv1.weight" in state:
+        raise ValueError(
+            f"{source} has a ResNet backbone ({infer_resnet(state, source)}), which this m2f_jax cannot build yet"
+        )
+    return Mask2FormerConfig(backbone_config=infer_swin(state, source), **head)
 
 
 # -------------------------------------------------------------------------------------- labels
