@@ -110,6 +110,14 @@ def test_resnet_table_matches_the_original_model_through_hf():
     assert max_diff(out.masks_queries_logits, reference["pred_masks"]) < 1e-4
 
 
+def test_protocol_2_pickle_reads_as_the_default_one(tmp_path):
+    state = _state(SWIN_PKL)
+    path = tmp_path / "protocol2.pkl"
+    path.write_bytes(pickle.dumps({"model": state}, protocol=2))
+    again = original.read_original(path)
+    assert again.keys() == state.keys() and all(np.array_equal(again[k], state[k]) for k in state)
+
+
 def test_pth_reads_as_the_pkl(tmp_path, swin_model):
     torch = pytest.importorskip("torch")
     path = str(tmp_path / "model_final.pth")

@@ -138,6 +138,7 @@ class _ArraysOnly(pickle.Unpickler):
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
         ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
         ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"),
+        ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store the arrays' bytes
     }  # fmt: skip
 
     def find_class(self, module, name):
