@@ -39,9 +39,9 @@ sys.path.insert(0, os.path.dirname(HERE))  # tests/, for torchvision_stub
 
 # Shapes of the fixtures: every architectural feature (shifted and padded Swin windows, a stage
 # with several blocks, more decoder layers than feature levels, ResNet shortcut and plain blocks)
-# at a size that keeps the committed files small. The Swin input keeps every stage larger than the
-# window (stride-32 map 4x5 > 3): at or below it, HF (and m2f_jax) shrink the window and drop the
-# shift while the original pads to it, and the two differ.
+# at a size that keeps the committed files small. The input's sides (128x160 at window 3) make the
+# blocks shift and pad their windows; stages smaller than the window also match the original (checked
+# at 64x64, 96x80 and 100x76 with windows 3 and 7: both pad and never shrink the window).
 SWIN = dict(embed_dim=4, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=3, mlp_ratio=2.0)
 RESNET = dict(stem=8, widths=(8, 16, 32, 64), depths=(2, 1, 1, 1))
 HEAD = dict(hidden=32, heads=4, enc_layers=2, enc_ffn=32, dec_layers=3, ffn=48, queries=6, classes=5)
