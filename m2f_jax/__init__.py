@@ -2,6 +2,7 @@
 
 from m2f_jax import visualize
 from m2f_jax.config import Mask2FormerConfig, SwinConfig, preset, preset_names
+from m2f_jax.conversion.to_hf import export_hf
 from m2f_jax.inference import segment
 from m2f_jax.modeling import LayerExecution, Mask2FormerForUniversalSegmentation, Mask2FormerOutput
 from m2f_jax.processing.preprocess import ImageProcessor
@@ -18,6 +19,7 @@ __all__ = [
     "Mask2FormerOutput",
     "SwinConfig",
     "convert_hf",
+    "export_hf",
     "from_pretrained",
     "preset",
     "preset_names",
