@@ -124,7 +124,8 @@ def test_exported_processor_config_reads_as_ours_in_transformers(exported):
 
 def test_a_model_initialised_here_predicts_the_same_in_transformers(tmp_path):
     """(ii) A model from our own initialisation (as train.py starts one) exported: HF's logits are ours."""
-    model = m2f_jax.Mask2FormerForUniversalSegmentation(tiny_config(decoder_layers=2, encoder_layers=1), rngs=nnx.Rngs(3))
+    config = tiny_config(decoder_layers=2, encoder_layers=1)  # every kind of layer, fewer to initialise
+    model = m2f_jax.Mask2FormerForUniversalSegmentation(config, rngs=nnx.Rngs(3))
     processor = ImageProcessor(size={"height": 64, "width": 64})
     m2f_jax.export_hf(model, tmp_path / "hf", processor=processor)
     theirs = transformers.Mask2FormerForUniversalSegmentation.from_pretrained(str(tmp_path / "hf")).eval()
