@@ -60,6 +60,8 @@ def _to_hf(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"exported {args.src} -> {args.dst} (Hugging Face format: config.json, model.safetensors, "
-          "preprocessor_config.json)")
+    print(
+        f"exported {args.src} -> {args.dst} (Hugging Face format: config.json, model.safetensors, "
+        "preprocessor_config.json)"
+    )
     return 0
