@@ -124,8 +124,7 @@ def test_exported_processor_config_reads_as_ours_in_transformers(exported):
 
 def test_a_model_initialised_here_predicts_the_same_in_transformers(tmp_path):
     """(ii) A model from our own initialisation (as train.py starts one) exported: HF's logits are ours."""
-    config = tiny_config(decoder_layers=2, encoder_layers=1)  # every kind of layer, fewer to initialise
-    model = m2f_jax.Mask2FormerForUniversalSegmentation(config, rngs=nnx.Rngs(3))
+    model = m2f_jax.Mask2FormerForUniversalSegmentation(tiny_config(), rngs=nnx.Rngs(3))
     processor = ImageProcessor(size={"height": 64, "width": 64})
     m2f_jax.export_hf(model, tmp_path / "hf", processor=processor)
     theirs = transformers.Mask2FormerForUniversalSegmentation.from_pretrained(str(tmp_path / "hf")).eval()
@@ -135,10 +134,6 @@ def test_a_model_initialised_here_predicts_the_same_in_transformers(tmp_path):
     assert max_diff(out.class_queries_logits, class_logits) < 1e-4
     assert max_diff(out.masks_queries_logits, mask_logits) < 1e-4
     assert ImageProcessor.from_pretrained(tmp_path / "hf") == processor
-    # And back: the exported folder is a raw HF folder that from_pretrained reads, to the same parameters.
-    back = weights.model_params(m2f_jax.from_pretrained(str(tmp_path / "hf")))
-    for key, value in weights.model_params(model).items():
-        assert np.array_equal(back[key], value), key
 
 
 # ------------------------------------------------------------------------------ (iv) bad inputs
