@@ -51,7 +51,7 @@ class ServedModel:
             raise ValueError(f"{path}: format {manifest.get('format')!r}, this loader reads {FORMAT!r}")
         with open(os.path.join(folder, manifest["exported"]), "rb") as f:
             exported = jax_export.deserialize(bytearray(f.read()))
-        platform = jax.default_backend()
+        platform = jax_export.default_export_platform()  # "cuda", not jax.default_backend()'s "gpu"
         if platform not in exported.platforms:
             raise ValueError(
                 f"{folder} was exported for {', '.join(exported.platforms)}, not for this machine's {platform}; "

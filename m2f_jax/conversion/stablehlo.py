@@ -19,6 +19,7 @@ call, and the same StableHLO serves any weights of the same architecture.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import os
@@ -98,15 +99,15 @@ def export_serving(
     input has. batch: None for a symbolic batch (any size), or a fixed one. platforms:
     where the artifact may run ("cpu", "cuda", "rocm", "tpu"); default this machine's backend. dtype: the
     compute dtype ("bfloat16" on accelerators; default float32). processor: written as
-    preprocessor_config.json (default: the source's, see inference.default_processor); give one whose
-    images fit in `size` (e.g. pad_size or a longest edge of max(size)). task: the default task recorded
+    preprocessor_config.json with pad_size = `size` (default: the source's, see inference.default_processor);
+    give one whose resized images fit in `size` (e.g. a longest edge of at most min(size)). task: the default task recorded
     for the server. Checked before any work: the destination (as export_hf), size, batch, platforms, task.
     """
     from m2f_jax.inference import default_processor
 
     weights.check_destination(destination, overwrite)
     height, width = _check_size(size)
-    platforms = tuple(platforms) if platforms else (jax.default_backend(),)
+    platforms = tuple(platforms) if platforms else (jax_export.default_export_platform(),)
     unknown = sorted(set(platforms) - set(PLATFORMS))
     if unknown:
         raise ValueError(f"unknown platforms {unknown}; choose among {', '.join(PLATFORMS)}")
@@ -122,6 +123,8 @@ def export_serving(
             weights.check_apart(path, destination)
         model = weights.from_pretrained(source, revision=revision)
     processor = default_processor(model) if processor is None else processor
+    # The written processor pads every batch to the exported size (it refuses an image resized beyond it).
+    processor = dataclasses.replace(processor, pad_size={"height": height, "width": width})
 
     model = nnx.clone(model)
     model.set_dtype(dtype)
