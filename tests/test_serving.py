@@ -126,7 +126,9 @@ def test_the_manifest_says_what_a_server_needs(served, model_folder):
     assert all(np.array_equal(back[k], v) for k, v in original.items())
 
 
-def test_bad_inputs_to_the_served_model_are_named(served, inputs):
+def test_bad_inputs_to_the_served_model_are_named(served, inputs, model_folder):
+    with pytest.raises(ValueError, match="empty dimension"):  # concrete dims are still checked
+        model_folder[1](np.zeros((0, HEIGHT, WIDTH, 3), np.float32))
     model = ServedModel.load(served)
     pixel_values, pixel_mask = inputs
     wrong = re.escape("pixel_values must have shape (batch, 64, 96, 3), got (2, 64, 64, 3)")

@@ -100,8 +100,8 @@ def export_serving(
     where the artifact may run ("cpu", "cuda", "rocm", "tpu"); default this machine's backend. dtype: the
     compute dtype ("bfloat16" on accelerators; default float32). processor: written as
     preprocessor_config.json with pad_size = `size` (default: the source's, see inference.default_processor);
-    give one whose resized images fit in `size` (e.g. a longest edge of at most min(size)). task: the default task recorded
-    for the server. Checked before any work: the destination (as export_hf), size, batch, platforms, task.
+    give one whose resized images fit in `size` (e.g. a longest edge of at most min(size)). task: the default
+    task recorded for the server. Checked before any work: the destination (as export_hf), size, batch, platforms, task.
     """
     from m2f_jax.inference import default_processor
 
