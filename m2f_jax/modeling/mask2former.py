@@ -214,7 +214,7 @@ class Mask2FormerForUniversalSegmentation(nnx.Module):
             raise ValueError(
                 f"pixel_values must be (batch, height, width, {channels}) (NHWC), got shape {tuple(pixel_values.shape)}"
             )
-        if min(pixel_values.shape[:3]) == 0:
+        if any(isinstance(d, int) and d == 0 for d in pixel_values.shape[:3]):  # a symbolic batch (jax.export) is >= 1
             raise ValueError(f"pixel_values has an empty dimension: {tuple(pixel_values.shape)}")
         if not jnp.issubdtype(pixel_values.dtype, jnp.floating):
             raise ValueError(f"pixel_values must be floating point (normalised), got {pixel_values.dtype}")
