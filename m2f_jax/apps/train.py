@@ -108,7 +108,7 @@ def main(argv) -> int:
     # Set-up: model, optimizer, the sharded state and the jitted step
 
     opt_config, schedule = experiment.optimizer_config(c)
-    graphdef, state = experiment.initial_state(c, model_config, opt_config, mesh)
+    graphdef, state = experiment.initial_state(c, model_config, opt_config, mesh, load_backbone=resume_from is None)
     step_fn = experiment.jitted_train_step(c, model_config, graphdef, opt_config, state, mesh)
     skipped: list[str] = []  # this process's samples that could not be read, since this start
     skipped_before = 0  # all processes' skipped samples before this start

@@ -65,6 +65,7 @@ _TORCH_RENAMES = (
     (r"\.mlp\.fc1\.", ".intermediate.dense."),
     (r"\.mlp\.fc2\.", ".output.dense."),
 )
+_DOWNSAMPLE = re.compile(r"^layers\.(\d+)\.downsample\.")
 _QKV = re.compile(r"\.attn\.qkv\.(weight|bias)$")
 _TABLE = re.compile(r"^encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.self\.relative_position_bias_table$")
 
@@ -184,7 +185,7 @@ def _hf_names(state: Mapping[str, np.ndarray], fmt: str) -> tuple[dict[str, np.n
             continue
         if fmt != HF_SWIN:
             shift = 0 if fmt == OFFICIAL_SWIN else 1  # timm merges at the start of the next stage
-            name = re.sub(r"^layers\.(\d+)\.downsample\.", lambda m: f"layers.{int(m[1]) - shift}.downsample.", name)
+            name = re.sub(_DOWNSAMPLE, lambda m, s=shift: f"layers.{int(m[1]) - s}.downsample.", name)
             for pattern, replacement in _TORCH_RENAMES:
                 name = re.sub(pattern, replacement, name)
             qkv = _QKV.search(name)
