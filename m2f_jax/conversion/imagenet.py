@@ -22,6 +22,7 @@ of another window are resized as the official Swin code does when fine-tuning at
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 from collections.abc import Mapping
@@ -303,8 +304,10 @@ def swin_backbone_params(
 
 
 # ------------------------------------------------------------------------------------------ dispatch
+@functools.lru_cache(maxsize=4)
 def _backbone_shapes(config) -> dict[str, tuple[int, ...]]:
-    """Our backbone's parameter paths and shapes for `config`, without creating any weights."""
+    """Our backbone's parameter paths and shapes for `config`, without creating any weights (traced once
+    per config: tracing the initialisers takes a second even for a tiny model)."""
     from flax import nnx
 
     from m2f_jax.modeling.swin import SwinBackbone
@@ -326,7 +329,7 @@ def load_backbone_weights(
     where, state, file_config = read_checkpoint(source, revision)
     fmt = detect_format(state, file_config, where)
     params, ignored, resized = swin_backbone_params(state, backbone_config, fmt, where)
-    shapes = _backbone_shapes(backbone_config)
+    shapes = dict(_backbone_shapes(backbone_config))
     kept = tuple(k for k in shapes if any(re.search(p, k) for p in SWIN_FRESH))
     try:
         hf.check_params(params, {k: v for k, v in shapes.items() if k not in kept})
