@@ -97,6 +97,7 @@ def test_read_before_the_init_and_not_on_resume(setup, monkeypatch):
     "fields, expected",
     [
         ({"model.backbone_init": "/nonexistent/swin.pth"}, "model.backbone_init must be an existing checkpoint file"),
+        ({"model.backbone_init": "swin_tiny.pth"}, "(swin_tiny.pth does not exist"),  # not a hub id
         ({"model.backbone_init": 3}, "model.backbone_init must be a checkpoint file, folder or hub id, or ''"),
         ({"model.backbone_init": "microsoft/swin-tiny-patch4-window7-224", "model.init_from": "CHECKPOINT"},
          "model.backbone_init and model.init_from are both set"),

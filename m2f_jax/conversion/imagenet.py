@@ -105,10 +105,19 @@ class BackboneReport:
 
 
 # ------------------------------------------------------------------------------------------ sources
+def local_or_hub(source: str | os.PathLike) -> tuple[str, bool]:
+    """hub.local_or_hub, except that a missing name ending as a weights file does (swin_tiny.pth) is a
+    mistyped file, not a hub id: FileNotFoundError at once, with no network."""
+    path, local = hub.local_or_hub(source)
+    if not local and path.endswith((".safetensors", *TORCH_SUFFIXES)):
+        raise FileNotFoundError(f"{path} does not exist")
+    return path, local
+
+
 def read_checkpoint(source: str | os.PathLike, revision: str | None = None) -> tuple[str, dict[str, np.ndarray], dict]:
     """(the file or folder read, its tensors, its config.json or {}) of a local .safetensors / .pth / .bin
     file, a folder holding model.safetensors or pytorch_model.bin, or a hub id; tensors checked finite."""
-    path, local = hub.local_or_hub(source)
+    path, local = local_or_hub(source)
     if not local:
         path = hub.snapshot(path, revision, hf.SAFETENSORS_PATTERNS)
         if not any(f.startswith("model") and f.endswith(".safetensors") for f in os.listdir(path)):

@@ -92,13 +92,13 @@ def folder_or_empty(v: Any) -> str | None:
 
 def checkpoint_or_empty(v: Any) -> str | None:
     """A local file or folder, or a hub id (only its form is checked here: nothing is downloaded)."""
-    from m2f_jax import hub
+    from m2f_jax.conversion.imagenet import local_or_hub
 
     if not isinstance(v, str):
         return f"must be a checkpoint file, folder or hub id, or '', got {v!r}"
     if v:
         try:
-            hub.local_or_hub(v)
+            local_or_hub(v)
         except FileNotFoundError as error:
             return (
                 f"must be an existing checkpoint file or folder, or a hub id ({error}; "
