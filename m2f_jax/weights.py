@@ -20,7 +20,7 @@ from flax import nnx
 
 from m2f_jax import hub
 from m2f_jax.config import Mask2FormerConfig
-from m2f_jax.conversion import hf
+from m2f_jax.conversion import hf, original
 from m2f_jax.modeling import Mask2FormerForUniversalSegmentation
 
 FLAX_WEIGHTS = "flax_model.safetensors"
@@ -238,11 +238,16 @@ def from_pretrained(
     name_or_path: str | os.PathLike, revision: str | None = None, seed: int = 0
 ) -> Mask2FormerForUniversalSegmentation:
     """The ready model from a converted folder, a raw HF `save_pretrained` folder, a hub id (read from
-    the local HF cache when offline), or a train.py run folder (the parameters of its latest checkpoint,
-    see m2f_jax.training.export). `model.name_or_path` records the source as given."""
+    the local HF cache when offline), a train.py run folder (the parameters of its latest checkpoint,
+    see m2f_jax.training.export), or an original model-zoo file (.pkl / .pth; label names are placeholders:
+    m2f_jax.conversion.original.convert_original takes them). `model.name_or_path` records the source as given."""
     from m2f_jax.training import export  # imports this module
 
     path, local = hub.local_or_hub(name_or_path)
+    if local and original.is_original_checkpoint(path):
+        model = original.convert_original(path, seed=seed)[0]
+        model.name_or_path = os.fspath(name_or_path)
+        return model
     if local and export.is_run(path):
         model = export.run_model(path, seed=seed)
         model.name_or_path = os.fspath(name_or_path)

@@ -44,7 +44,7 @@ def setup():
     return c, config, experiment.optimizer_config(c)[0], make_mesh(1, devices=jax.devices()[:1])
 
 
-def test_new_run_loads_the_backbone(setup, checkpoint, monkeypatch, capsys):
+def test_new_run_loads_the_backbone(setup, checkpoint, monkeypatch):
     c, config, opt_config, mesh = setup
     randoms = []
 
@@ -54,8 +54,9 @@ def test_new_run_loads_the_backbone(setup, checkpoint, monkeypatch, capsys):
 
     monkeypatch.setattr(backbone_init, "replace_backbone", spy)
     c.model.backbone_init = checkpoint
-    _, state = experiment.initial_state(c, config, opt_config, mesh)
-    assert "backbone weights from" in capsys.readouterr().out
+    lines = []
+    _, state = experiment.initial_state(c, config, opt_config, mesh, report=lines)
+    assert lines[0].startswith(f"backbone weights from {checkpoint} (Hugging Face Swin): ")
 
     loaded, report = imagenet.load_backbone_weights(checkpoint, config.backbone_config)
     before, after = flat_params(randoms[0]), flat_params(state)

@@ -98,6 +98,7 @@ def model(preset_name: str) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.preset = preset_name
     c.init_from = ""
+    c.keep_matching_labels = True  # init_from with other labels: keep the class outputs of the names in both
     c.backbone_init = ""
     for name in _BACKBONE_FIELDS:
         c[name] = getattr(p.backbone_config, name)

@@ -78,6 +78,18 @@ def _from_torch(x):
     return x.detach().cpu().numpy() if hasattr(x, "detach") else x
 
 
+def class_predictor(config: Mask2FormerConfig, rngs: nnx.Rngs) -> nnx.Linear:
+    """The class head: a query's logits over the labels and the no-object class (the last), initialised
+    as torch's nn.Linear (the original's)."""
+    return nnx.Linear(
+        config.hidden_dim,
+        config.num_labels + 1,
+        kernel_init=init.torch_default_kernel(),
+        bias_init=init.torch_default_bias(config.hidden_dim),
+        rngs=rngs,
+    )
+
+
 class PixelLevelModule(nnx.Module):
     """The backbone and the pixel decoder."""
 
@@ -123,13 +135,7 @@ class Mask2FormerForUniversalSegmentation(nnx.Module):
         """execution: how repeated layers run (remat policy, scan); dtype: see `set_dtype`."""
         self.config = config
         self.model = Mask2FormerModel(config, execution, rngs=rngs)
-        self.class_predictor = nnx.Linear(
-            config.hidden_dim,
-            config.num_labels + 1,
-            kernel_init=init.torch_default_kernel(),
-            bias_init=init.torch_default_bias(config.hidden_dim),
-            rngs=rngs,
-        )
+        self.class_predictor = class_predictor(config, rngs)
         self.set_dtype(dtype)
 
     def set_dtype(self, dtype: jnp.dtype | str | None) -> None:

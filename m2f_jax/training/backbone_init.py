@@ -17,15 +17,13 @@ from m2f_jax.training.step import TrainState
 BACKBONE = ("model", "pixel_level_module", "encoder")  # where Mask2Former holds its backbone
 
 
-def load(source: str, backbone_config) -> dict[str, np.ndarray]:
-    """The backbone parameters of `source` (conversion.imagenet), with what was loaded, ignored and
-    kept printed by the first process and logged."""
+def load(source: str, backbone_config) -> tuple[dict[str, np.ndarray], list[str]]:
+    """(the backbone parameters of `source` (conversion.imagenet), lines saying what was loaded, ignored,
+    resized and kept: train.py prints them and records them in experiment.json; logged here too)."""
     params, report = load_backbone_weights(source, backbone_config)
     text = report.summary()
-    if jax.process_index() == 0:
-        print(text, flush=True)
     logging.info("%s", text)
-    return params
+    return params, text.splitlines()
 
 
 def replace_backbone(state: TrainState, params: Mapping[str, np.ndarray]) -> TrainState:

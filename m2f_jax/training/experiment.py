@@ -164,19 +164,34 @@ def abstract_state(c: Any, config: Mask2FormerConfig, opt_config: OptimizerConfi
 
 
 def initial_state(
-    c: Any, config: Mask2FormerConfig, opt_config: OptimizerConfig, mesh, load_backbone: bool = True
+    c: Any,
+    config: Mask2FormerConfig,
+    opt_config: OptimizerConfig,
+    mesh,
+    report: list[str] | None = None,
+    load_backbone: bool = True,
 ) -> tuple[nnx.GraphDef, TrainState]:
     """(graphdef, TrainState) placed on the mesh: random weights created directly in their
     shards, the backbone's then replaced by `model.backbone_init`'s (unless load_backbone=False: a
-    resumed run restores them from its checkpoint), or the weights of `model.init_from`."""
+    resumed run restores them from its checkpoint), or the weights of `model.init_from` (onto the
+    data's labels: see training.finetune). `report`, when given, receives lines saying where the
+    initial weights came from."""
     if c.model.init_from:
-        from m2f_jax.weights import from_pretrained
+        from m2f_jax.training.finetune import load_for_labels
 
-        model = from_pretrained(c.model.init_from, seed=c.seed)
+        model, lines = load_for_labels(
+            c.model.init_from, config, c.seed, keep_matching_labels=c.model.get("keep_matching_labels", True)
+        )
+        if report is not None:
+            report.extend(lines)
         graphdef, state = init_state(model, build_optimizer(opt_config, parameter_groups(model)), c.seed)
         return graphdef, jax.device_put(state, state_sharding(mesh, state))
     source = c.model.get("backbone_init") if load_backbone else None
-    backbone = backbone_init.load(source, config.backbone_config) if source else None  # checked before the init
+    backbone = None
+    if source:  # read and checked before the random state is built
+        backbone, lines = backbone_init.load(source, config.backbone_config)
+        if report is not None:
+            report.extend(lines)
     graphdef, init = _state_builder(c, config, opt_config)
     shardings = state_sharding(mesh, jax.eval_shape(init))
     state = jax.jit(init, out_shardings=shardings)()

@@ -185,6 +185,7 @@ FIELDS: dict[str, Check] = {
 
 # Fields a config may leave out (m2f_jax.training.optimizer.OptimizerConfig's defaults apply).
 OPTIONAL_FIELDS: dict[str, Check] = {
+    "model.keep_matching_labels": boolean,  # init_from onto other labels: keep the outputs of shared names
     "optimizer.b1": number(0, 1, high_open=True),
     "optimizer.b2": number(0, 1, high_open=True),
     "optimizer.eps": number(0, low_open=True),
