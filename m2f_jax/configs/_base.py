@@ -89,7 +89,9 @@ def preset_name(arg: str | None, dataset: str, task: str) -> str:
 def model(preset_name: str) -> ml_collections.ConfigDict:
     """model.*: `preset` set (it decides the model), and every other field written out with the preset's
     values, so that the config a run records says what is trained. The backbone starts from random
-    weights: an ImageNet-pretrained Swin is not loaded yet (`init_from` fine-tunes a converted model)."""
+    weights unless `backbone_init` names an ImageNet classification checkpoint (a file, folder or hub id,
+    e.g. microsoft/swin-tiny-patch4-window7-224, as the original trains); `init_from` fine-tunes a whole
+    converted model instead."""
     from m2f_jax.config import preset
 
     p = preset(preset_name)
@@ -97,6 +99,7 @@ def model(preset_name: str) -> ml_collections.ConfigDict:
     c.preset = preset_name
     c.init_from = ""
     c.keep_matching_labels = True  # init_from with other labels: keep the class outputs of the names in both
+    c.backbone_init = ""
     for name in _BACKBONE_FIELDS:
         c[name] = getattr(p.backbone_config, name)
     for name in _HEAD_FIELDS:

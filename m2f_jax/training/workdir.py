@@ -13,7 +13,9 @@ May change on resume (reported, then recorded in experiment.json):
 - fsdp (the state is resharded when restored), remat and scan_layers (same values, other memory or speed),
   compute_dtype, loss.matcher (both solve the same assignment);
 - optimizer.* except accumulation_steps: a deliberate change of the recipe from here on, e.g. a
-  lower learning rate after a divergence.
+  lower learning rate after a divergence;
+- model.backbone_init (the starting backbone weights: a resumed run has them in its checkpoint and
+  does not read it).
 Everything else may not: the model (its shapes, labels and loss weights, which config.json
 records), the data stream (seed, task, data.*, batch_size: which images each step sees) and
 optimizer.accumulation_steps (the optimizer state's structure and what a step means).
@@ -34,7 +36,7 @@ MODEL_FILE = "config.json"
 MAY_CHANGE_ON_RESUME = (
     "steps", "log_every", "checkpoint_every", "keep_checkpoints", "data.eval_images", "data.workers",
     "data.max_skipped", "data.options.root", "data.options.data_dir", "fsdp", "remat", "scan_layers", "compute_dtype",
-    "loss.matcher", "optimizer.*", "eval.*", "model.keep_matching_labels",
+    "loss.matcher", "optimizer.*", "eval.*", "model.keep_matching_labels", "model.backbone_init",
 )  # fmt: skip
 MAY_NOT_CHANGE_ON_RESUME = ("optimizer.accumulation_steps",)  # exceptions to the patterns above
 _ABSENT = "(absent)"
