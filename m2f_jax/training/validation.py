@@ -276,7 +276,7 @@ def problems(c: Any, model: bool = True) -> list[str]:
     if model and flat["model.init_from"] and flat["model.backbone_init"]:
         found.append(
             "model.backbone_init and model.init_from are both set: init_from's model brings its own backbone "
-            "weights; set one of them"
+            "weights; set one of them (the recipes set backbone_init: --config.model.backbone_init= clears it)"
         )
     if model and not (flat["model.preset"] or flat["model.init_from"]):  # else the model fields are not used
         for i, heads in enumerate(flat["model.num_heads"]):
