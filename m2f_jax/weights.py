@@ -204,6 +204,21 @@ def _convert(folder: str, seed: int = 0):
     return model_from_params(config, params, seed), ignored
 
 
+def export_source(
+    source: str | os.PathLike | Mask2FormerForUniversalSegmentation,
+    destination: str | os.PathLike,
+    revision: str | None = None,
+) -> Mask2FormerForUniversalSegmentation:
+    """The model an export writes out: `source` itself, or what `from_pretrained` reads from it; a
+    destination that is, lies inside, or holds a local source folder is refused before it is read."""
+    if isinstance(source, Mask2FormerForUniversalSegmentation):
+        return source
+    path, local = hub.local_or_hub(source)
+    if local:
+        check_apart(path, destination)
+    return from_pretrained(source, revision=revision)
+
+
 def convert_hf(
     source: str | os.PathLike,
     destination: str | os.PathLike | None = None,

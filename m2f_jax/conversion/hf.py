@@ -154,17 +154,38 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
         raise ValueError(f"{path} is not a readable safetensors file ({e})") from e
 
 
-def _read_bin(path: str) -> dict[str, np.ndarray]:
-    import torch
-
+def read_torch_state(path: str, wrappers: tuple[str, ...] = ("model", "state_dict")) -> dict[str, np.ndarray]:
+    """The state dict a `torch.save` file holds (possibly under one of `wrappers`, e.g. the official
+    releases' {"model": ...}), as numpy arrays; read with weights_only=True, so no code in the file runs.
+    Every PyTorch reader of the package goes through here: one set of errors naming the file."""
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError(f"{path} is a PyTorch checkpoint, which needs torch to read (pip install torch)") from e
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except OSError:
         raise
-    except Exception as e:  # torch reports corrupt files as RuntimeError, UnpicklingError, EOFError, ...
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
+    except Exception as e:  # torch reports corrupt or unsafe files as RuntimeError, UnpicklingError, EOFError, ...
+        raise ValueError(
+            f"{path} is not a readable PyTorch state dict ({type(e).__name__}: {e}). A training checkpoint that "
+            "also holds optimizer or scheduler objects can be reduced to its weights, if you trust the file, with "
+            "torch.save(torch.load(path, weights_only=False)['model'], 'weights.pth')"
+        ) from e
+    for wrapper in wrappers:
+        if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
+            state = state[wrapper]
+            break
     if not isinstance(state, Mapping):
         raise ValueError(f"{path} must hold a state dict (name -> tensor), got {type(state).__name__}")
+    bad = [f"{k!r}: {type(v).__name__}" for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        under = f", or one under {' or '.join(map(repr, wrappers))}" if wrappers else ""
+        raise ValueError(
+            f"{path} must hold a state dict (name -> tensor){under}; these entries are not tensors: "
+            + ", ".join(bad[:10])
+            + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        )
     return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}
 
 
@@ -186,7 +207,7 @@ def read_state_dict(folder: str) -> dict[str, np.ndarray]:
             ) from e
         state = {}
         for shard in bins:
-            state.update(_read_bin(shard))
+            state.update(read_torch_state(shard, wrappers=()))
         return state
     raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in {folder}")
 

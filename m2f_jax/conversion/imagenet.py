@@ -130,7 +130,7 @@ def read_checkpoint(source: str | os.PathLike, revision: str | None = None) -> t
     elif path.endswith(".safetensors"):
         state = hf.read_safetensors(path)
     elif path.endswith(TORCH_SUFFIXES):
-        state = _read_torch(path)
+        state = hf.read_torch_state(path)
     else:
         raise ValueError(
             f"{path}: expected a .safetensors or PyTorch ({', '.join(TORCH_SUFFIXES)}) file, or a folder with "
@@ -138,27 +138,6 @@ def read_checkpoint(source: str | os.PathLike, revision: str | None = None) -> t
         )
     hf.check_finite(state, path)
     return path, state, config
-
-
-def _read_torch(path: str) -> dict[str, np.ndarray]:
-    """A torch.save'd state dict, also wrapped as {"model": ...} (the official Swin releases) or
-    {"state_dict": ...}; read with weights_only=True (no code in the file is run)."""
-    try:
-        import torch
-    except ImportError as e:
-        raise ImportError(f"{path} is a PyTorch checkpoint, which needs torch to read (pip install torch)") from e
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except OSError:
-        raise
-    except Exception as e:  # corrupt files and pickled objects beyond tensors: RuntimeError, UnpicklingError, ...
-        raise ValueError(f"{path} is not a readable PyTorch state dict ({type(e).__name__}: {e})") from e
-    for wrapper in ("model", "state_dict"):
-        if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
-            state = state[wrapper]
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} must hold a state dict (name -> tensor), or one under 'model' or 'state_dict'")
-    return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}
 
 
 def detect_format(state: Mapping[str, np.ndarray], config: Mapping, where: str) -> str:

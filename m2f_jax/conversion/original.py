@@ -155,26 +155,6 @@ def _read_pkl(path: str) -> Any:
             raise ValueError(f"{path} is not a readable detectron2 .pkl checkpoint ({type(e).__name__}: {e})") from e
 
 
-def _read_pth(path: str) -> Any:
-    try:
-        import torch
-    except ImportError as e:
-        raise ImportError(f"{path} is a PyTorch .pth file, which needs torch to read (pip install torch)") from e
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except OSError:
-        raise
-    except Exception as e:  # torch reports corrupt or unsafe files as RuntimeError, UnpicklingError, EOFError, ...
-        raise ValueError(
-            f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e}). A training checkpoint that "
-            "also holds optimizer or scheduler objects can be reduced to its weights, if you trust the file, with "
-            "torch.save(torch.load(path, weights_only=False)['model'], 'weights.pth')"
-        ) from e
-    if isinstance(data, Mapping) and isinstance(data.get("model"), Mapping):
-        data = {"model": data["model"]}
-    return data
-
-
 def read_original(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """The weights of a detectron2 checkpoint (.pkl, or .pth with torch) as {original name: numpy array}."""
     path = os.fspath(path)
@@ -182,7 +162,7 @@ def read_original(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise FileNotFoundError(f"{path} is not a file")
     if not path.endswith(EXTENSIONS):
         raise ValueError(f"{path}: expected a detectron2 checkpoint ending in {' or '.join(EXTENSIONS)}")
-    data = _read_pkl(path) if path.endswith(".pkl") else _read_pth(path)
+    data = _read_pkl(path) if path.endswith(".pkl") else hf.read_torch_state(path, wrappers=("model",))
     if isinstance(data, Mapping) and "model" in data:
         data = data["model"]
     if not isinstance(data, Mapping) or not data:

@@ -31,7 +31,7 @@ import numpy as np
 from flax import nnx
 from jax import export as jax_export
 
-from m2f_jax import hub, serving, weights
+from m2f_jax import serving, weights
 from m2f_jax.modeling import Mask2FormerForUniversalSegmentation
 from m2f_jax.processing import postprocess
 from m2f_jax.processing.preprocess import CONFIG_NAME, ImageProcessor
@@ -115,13 +115,7 @@ def export_serving(
         raise ValueError(f"batch must be a positive integer or None (symbolic), got {batch!r}")
     if task is not None and task not in _POSTPROCESS:
         raise ValueError(f"task must be one of {', '.join(_POSTPROCESS)}, got {task!r}")
-    if isinstance(source, Mask2FormerForUniversalSegmentation):
-        model = source
-    else:
-        path, local = hub.local_or_hub(source)
-        if local:
-            weights.check_apart(path, destination)
-        model = weights.from_pretrained(source, revision=revision)
+    model = weights.export_source(source, destination, revision)
     processor = default_processor(model) if processor is None else processor
     # The written processor pads every batch to the exported size (it refuses an image resized beyond it).
     processor = dataclasses.replace(processor, pad_size={"height": height, "width": width})

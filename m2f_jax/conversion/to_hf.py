@@ -150,18 +150,11 @@ def export_hf(
     `overwrite=True`; a destination that is, lies inside, or holds a local source is refused. All of this
     is checked before the model is read.
     """
-    from m2f_jax import hub, weights
+    from m2f_jax import weights
     from m2f_jax.inference import default_processor
-    from m2f_jax.modeling import Mask2FormerForUniversalSegmentation
 
     weights.check_destination(destination, overwrite)
-    if isinstance(source, Mask2FormerForUniversalSegmentation):
-        model = source
-    else:
-        path, local = hub.local_or_hub(source)
-        if local:
-            weights.check_apart(path, destination)
-        model = weights.from_pretrained(source, revision=revision)
+    model = weights.export_source(source, destination, revision)
     processor = default_processor(model) if processor is None else processor
     state = flax_to_hf(weights.model_params(model), model.config)
 
