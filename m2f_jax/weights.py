@@ -79,7 +79,8 @@ def model_from_params(
 
 
 def model_params(model: Mask2FormerForUniversalSegmentation) -> dict[str, np.ndarray]:
-    return {_path_name(path): np.asarray(v[...]) for path, v in nnx.to_flat_state(nnx.state(model, nnx.Any(*WEIGHT_TYPES)))}
+    flat = nnx.to_flat_state(nnx.state(model, nnx.Any(*WEIGHT_TYPES)))
+    return {_path_name(path): np.asarray(v[...]) for path, v in flat}
 
 
 def save_model(

@@ -5,9 +5,10 @@ and segment() read.
     python -m m2f_jax.training.export WORKDIR DEST [--step N] [--overwrite]
 
 Only the weights are read: orbax restores the `params` part of the checkpoint's state (and the frozen
-weights, such as ResNet's BatchNorm, from its non-parameter part), so the optimizer state (twice the parameters with AdamW) is neither read nor allocated, and no experiment
-config is needed. Only committed checkpoints are seen: a step that orbax is still writing, in
-`N.orbax-checkpoint-tmp`, is not listed.
+weights, such as ResNet's BatchNorm, from its non-parameter part), so the optimizer state (twice the
+parameters with AdamW) is neither read nor allocated, and no experiment config is needed. Only
+committed checkpoints are seen: a step that orbax is still writing, in `N.orbax-checkpoint-tmp`, is
+not listed.
 """
 
 from __future__ import annotations
