@@ -1,7 +1,7 @@
 """Mask2Former in JAX and Flax NNX: universal image segmentation that reproduces HF checkpoints."""
 
 from m2f_jax import visualize
-from m2f_jax.config import Mask2FormerConfig, SwinConfig, preset, preset_names
+from m2f_jax.config import Mask2FormerConfig, ResNetConfig, SwinConfig, preset, preset_names
 from m2f_jax.inference import segment
 from m2f_jax.modeling import LayerExecution, Mask2FormerForUniversalSegmentation, Mask2FormerOutput
 from m2f_jax.processing.preprocess import ImageProcessor
@@ -16,6 +16,7 @@ __all__ = [
     "Mask2FormerImageProcessor",
     "Mask2FormerForUniversalSegmentation",
     "Mask2FormerOutput",
+    "ResNetConfig",
     "SwinConfig",
     "convert_hf",
     "from_pretrained",
