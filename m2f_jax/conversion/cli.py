@@ -39,5 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{config.num_labels} labels, {config.num_queries} queries"
     )
     if ignored:
-        print(f"ignored {len(ignored)} unused checkpoint keys: {', '.join(ignored)}")
+        counters = [key for key in ignored if key.endswith(".num_batches_tracked")]  # one per BatchNorm: counted
+        named = [key for key in ignored if key not in counters]
+        counted = f" and {len(counters)} BatchNorm num_batches_tracked counters" if counters else ""
+        print(f"ignored {len(ignored)} unused checkpoint keys: {', '.join(named)}{counted}")
     return 0
