@@ -278,7 +278,7 @@ def model_params_shapes(model):
 
 def test_train_step_checkpoint_and_export(tmp_path):
     """One training step of a tiny ResNet model (started from a model folder): the parameters
-    move, the frozen weights do not; a checkpoint of the state exports them both."""
+    move, the frozen weights do not; a checkpoint of the state restores and exports them both."""
     from m2f_jax.training import experiment, export
     from m2f_jax.training import workdir as run_record
     from m2f_jax.training.checkpoint import Checkpoints
@@ -310,7 +310,15 @@ def test_train_step_checkpoint_and_export(tmp_path):
     run_record.record_start(workdir, c, config)
     checkpoints = Checkpoints(workdir)
     checkpoints.save(1, state, {"iterator": {}, "skipped": 0})
+    checkpoints.wait()
+    restored, _ = checkpoints.restore(state)  # a resumed run gets the frozen weights back with the RNG streams
     checkpoints.close()
+    for a, b in zip(
+        jax.tree.leaves(nnx.state(nnx.merge(graphdef, restored.params, restored.rngs), Frozen)),
+        jax.tree.leaves(nnx.state(nnx.merge(graphdef, state.params, state.rngs), Frozen)),
+        strict=True,
+    ):
+        assert np.array_equal(a, b)
     after = model_params(export.run_model(workdir))
     assert sorted(after) == sorted(before)
     frozen = [name for name in before if name.rsplit(".", 1)[-1] in ("running_mean", "running_var")]
