@@ -295,6 +295,7 @@ def test_train_step_checkpoint_and_export(tmp_path):
     start.save_pretrained(tmp_path / "start")
     c = get_config()
     c.model.init_from = str(tmp_path / "start")
+    c.batch_size = 2
     mesh = make_mesh(1, devices=jax.devices()[:1])
     batch = next(experiment.train_batches(c, 0, 1))
     batch.pop("skipped")
