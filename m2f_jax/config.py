@@ -78,6 +78,8 @@ class ResNetConfig:
         object.__setattr__(self, "depths", tuple(self.depths))
         object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
         object.__setattr__(self, "out_features", tuple(self.out_features))
+        if self.layer_type != "bottleneck":
+            raise ValueError(f"layer_type must be 'bottleneck' (ResNet-50 and deeper), got {self.layer_type!r}")
         if len(self.depths) != 4 or len(self.hidden_sizes) != 4:
             raise ValueError(
                 f"Mask2Former needs four ResNet stages, got depths {self.depths}, hidden_sizes {self.hidden_sizes}"
@@ -86,8 +88,6 @@ class ResNetConfig:
             raise ValueError(f"every stage needs at least one block, got depths {self.depths}")
         if any(size % 4 for size in self.hidden_sizes):
             raise ValueError(f"hidden_sizes must be multiples of 4 (the bottleneck width), got {self.hidden_sizes}")
-        if self.layer_type != "bottleneck":
-            raise ValueError(f"layer_type must be 'bottleneck' (ResNet-50 and deeper), got {self.layer_type!r}")
         if self.hidden_act != "relu":
             raise ValueError(f"hidden_act must be 'relu', got {self.hidden_act!r}")
         if self.downsample_in_first_stage:

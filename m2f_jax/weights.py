@@ -13,7 +13,7 @@ import glob
 import os
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +22,7 @@ from flax import nnx
 
 from m2f_jax import hub
 from m2f_jax.config import Mask2FormerConfig
-from m2f_jax.conversion import hf
+from m2f_jax.conversion import hf, original
 from m2f_jax.modeling import Mask2FormerForUniversalSegmentation
 from m2f_jax.modeling.frozen_batchnorm import Frozen
 
@@ -117,7 +117,7 @@ def check_destination(folder: str | os.PathLike, overwrite: bool = False) -> Non
         raise PermissionError(f"cannot create {os.fspath(folder)}: no permission to write in {ancestor}")
 
 
-def _check_apart(source: str, destination: str | os.PathLike) -> None:
+def check_apart(source: str, destination: str | os.PathLike) -> None:
     """A conversion never writes into its source, nor replaces a folder that holds it."""
     src, dst = os.path.realpath(source), os.path.realpath(os.fspath(destination))
     if os.path.commonpath([src, dst]) == src:
@@ -134,20 +134,29 @@ def _check_apart(source: str, destination: str | os.PathLike) -> None:
 
 
 def _write_converted(model, folder: str | os.PathLike, overwrite: bool, carried: tuple[str, ...]) -> None:
-    """Builds the folder in a temporary sibling and renames it into place: a crash leaves no half-written
-    folder, and an overwritten folder keeps none of its old files."""
+    """Writes our model folder (config.json, flax_model.safetensors, copies of `carried`) atomically."""
     from safetensors.numpy import save_file
 
+    def fill(tmp: str) -> None:
+        model.config.save(tmp)
+        save_file(model_params(model), os.path.join(tmp, FLAX_WEIGHTS))
+        for file in carried:
+            shutil.copyfile(file, os.path.join(tmp, os.path.basename(file)))
+
+    write_folder(folder, fill, overwrite=overwrite)
+
+
+def write_folder(folder: str | os.PathLike, fill: Callable[[str], None], *, overwrite: bool = False) -> None:
+    """Builds a folder by calling `fill(temporary sibling folder)`, then renames it into place: a crash
+    leaves no half-written folder, and an overwritten folder keeps none of its old files. Call
+    check_destination first, before any expensive work; it is checked again just before the rename."""
     path = os.path.abspath(os.fspath(folder))
     parent, name = os.path.split(path)
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
     os.mkdir(tmp)
     try:
-        model.config.save(tmp)
-        save_file(model_params(model), os.path.join(tmp, FLAX_WEIGHTS))
-        for file in carried:
-            shutil.copyfile(file, os.path.join(tmp, os.path.basename(file)))
+        fill(tmp)
         for file in os.listdir(tmp):
             with open(os.path.join(tmp, file), "rb") as f:
                 os.fsync(f.fileno())
@@ -218,11 +227,11 @@ def convert_hf(
     path, local = hub.local_or_hub(source)
     if destination is not None:
         if local:
-            _check_apart(path, destination)
+            check_apart(path, destination)
         check_destination(destination, overwrite)
     folder = _source_folder(source, revision)
     if destination is not None:
-        _check_apart(folder, destination)
+        check_apart(folder, destination)
     model, ignored = _convert(folder)
     model.name_or_path = os.fspath(source)
     if destination is not None:
@@ -244,11 +253,16 @@ def from_pretrained(
     name_or_path: str | os.PathLike, revision: str | None = None, seed: int = 0
 ) -> Mask2FormerForUniversalSegmentation:
     """The ready model from a converted folder, a raw HF `save_pretrained` folder, a hub id (read from
-    the local HF cache when offline), or a train.py run folder (the parameters of its latest checkpoint,
-    see m2f_jax.training.export). `model.name_or_path` records the source as given."""
+    the local HF cache when offline), a train.py run folder (the parameters of its latest checkpoint,
+    see m2f_jax.training.export), or an original model-zoo file (.pkl / .pth; label names are placeholders:
+    m2f_jax.conversion.original.convert_original takes them). `model.name_or_path` records the source as given."""
     from m2f_jax.training import export  # imports this module
 
     path, local = hub.local_or_hub(name_or_path)
+    if local and original.is_original_checkpoint(path):
+        model = original.convert_original(path, seed=seed)[0]
+        model.name_or_path = os.fspath(name_or_path)
+        return model
     if local and export.is_run(path):
         model = export.run_model(path, seed=seed)
         model.name_or_path = os.fspath(name_or_path)

@@ -171,6 +171,20 @@ def test_from_pretrained_reads_a_run(run):
     assert m2f_jax.inference.default_processor(model).size == PROCESSOR["size"]  # the run's processor
 
 
+def test_a_run_exports_to_hugging_face(run, tmp_path):
+    """m2f_jax.export_hf reads a run folder: its latest checkpoint's parameters and its image processor."""
+    transformers = pytest.importorskip("transformers")
+    workdir, saved = run
+    m2f_jax.export_hf(workdir, tmp_path / "hf")
+    model, info = transformers.Mask2FormerForUniversalSegmentation.from_pretrained(
+        str(tmp_path / "hf"), output_loading_info=True
+    )
+    assert not (info["missing_keys"] or info["unexpected_keys"] or info["mismatched_keys"])
+    assert np.array_equal(model.class_predictor.weight.detach().numpy(), saved[2]["class_predictor.kernel"].T)
+    processor = transformers.Mask2FormerImageProcessor.from_pretrained(str(tmp_path / "hf"))
+    assert (processor.size.shortest_edge, processor.size.longest_edge) == (32, 64)
+
+
 def test_the_export_command(run, tmp_path, capsys):
     workdir, saved = run
     folder = tmp_path / "out"

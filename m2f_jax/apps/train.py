@@ -108,7 +108,10 @@ def main(argv) -> int:
     # Set-up: model, optimizer, the sharded state and the jitted step
 
     opt_config, schedule = experiment.optimizer_config(c)
-    graphdef, state = experiment.initial_state(c, model_config, opt_config, mesh)
+    initial_weights: list[str] = []  # where the initial weights came from (printed and recorded when not resuming)
+    graphdef, state = experiment.initial_state(
+        c, model_config, opt_config, mesh, report=initial_weights, load_backbone=resume_from is None
+    )
     step_fn = experiment.jitted_train_step(c, model_config, graphdef, opt_config, state, mesh)
     skipped: list[str] = []  # this process's samples that could not be read, since this start
     skipped_before = 0  # all processes' skipped samples before this start
@@ -123,7 +126,9 @@ def main(argv) -> int:
             run_record.record_resume(workdir, c, resume_from, changes)
             print(f"resumed from step {resume_from} in {workdir}", flush=True)
     elif lead:
-        run_record.record_start(workdir, c, model_config)
+        for line in initial_weights:
+            print(line, flush=True)
+        run_record.record_start(workdir, c, model_config, initial_weights)
         experiment.processor(c).save_pretrained(workdir)  # the normalisation the model was trained with
     first = int(jax.device_get(state.step))
 

@@ -67,6 +67,14 @@ def evaluation(shortest_edge: int, longest_edge: int, *, every: int = 5000, batc
 # A recipe file's argument -> the Swin variant of m2f_jax.config's presets. Swin-B is the ImageNet-21k
 # variant, the one FACTS.md's published Swin-B results come from (the same shapes as "base").
 VARIANTS = {"swin_t": "tiny", "swin_s": "small", "swin_b": "base-IN21k", "swin_l": "large"}
+# The ImageNet classification checkpoints the original recipes start the backbone from (Swin-T/S:
+# ImageNet-1k at 224, window 7; Swin-B/L: ImageNet-22k at 384, window 12), as HF hub ids.
+IMAGENET_BACKBONES = {
+    "tiny": "microsoft/swin-tiny-patch4-window7-224",
+    "small": "microsoft/swin-small-patch4-window7-224",
+    "base-IN21k": "microsoft/swin-base-patch4-window12-384-in22k",
+    "large": "microsoft/swin-large-patch4-window12-384-in22k",
+}
 
 # The preset's fields that the experiment config's model.* section repeats (see `model`).
 _BACKBONE_FIELDS = ("embed_dim", "depths", "num_heads", "window_size", "drop_path_rate")
@@ -88,14 +96,19 @@ def preset_name(arg: str | None, dataset: str, task: str) -> str:
 
 def model(preset_name: str) -> ml_collections.ConfigDict:
     """model.*: `preset` set (it decides the model), and every other field written out with the preset's
-    values, so that the config a run records says what is trained. The backbone starts from random
-    weights: an ImageNet-pretrained Swin is not loaded yet (`init_from` fine-tunes a converted model)."""
+    values, so that the config a run records says what is trained. The backbone starts from the ImageNet
+    classification checkpoint the original recipe used (`backbone_init`: a file, folder or hub id; ""
+    for random weights); `init_from` fine-tunes a whole converted model instead (and needs
+    backbone_init="")."""
     from m2f_jax.config import preset
 
     p = preset(preset_name)
     c = ml_collections.ConfigDict()
     c.preset = preset_name
     c.init_from = ""
+    c.keep_matching_labels = True  # init_from with other labels: keep the class outputs of the names in both
+    variant = next(v for v in sorted(IMAGENET_BACKBONES, key=len, reverse=True) if preset_name.startswith(f"swin-{v}-"))
+    c.backbone_init = IMAGENET_BACKBONES[variant]
     for name in _BACKBONE_FIELDS:
         c[name] = getattr(p.backbone_config, name)
     for name in _HEAD_FIELDS:

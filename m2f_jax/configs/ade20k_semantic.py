@@ -11,8 +11,8 @@ the paper's loss and optimizer (`_base`), 100 queries. Evaluated at short side 5
 original's multi-scale + flip test-time augmentation available as eval.tta. Target slots: 100,
 the queries (an image holds one target per class present; the original has no such limit).
 Reproduces the published single-scale ADE20K mIoU: Swin-T 47.7, Swin-S 51.3, Swin-B (IN21k) 53.9,
-Swin-L (IN21k) 56.1. Those runs start from ImageNet-pretrained backbones, which are not loaded yet
-(a later issue): for now the preset's architecture trains from random weights.
+Swin-L (IN21k) 56.1. Those runs start from ImageNet-pretrained backbones, and so does this recipe
+(`model.backbone_init`: the ImageNet Swin the original used, a hub id; "" trains from random weights).
 
     python train.py --config configs/ade20k_semantic.py:swin_t --workdir runs/ade20k_swin_t
     python train.py --config configs/ade20k_semantic.py:swin_l --workdir runs/ade20k_swin_l \\

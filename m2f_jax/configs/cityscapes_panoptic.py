@@ -7,9 +7,8 @@ and `gtFine/{train,val}/CITY/`. docs/data.md says where to get them.
 Recipe (reference/FACTS.md and detectron2's Cityscapes settings, `_base.cityscapes`): short side
 0.5-2.0 x 1024 (long side at most 4096), 512x1024 crop, photometric distortion, flip; batch 16,
 90,000 steps, poly (power 0.9), the paper's loss and optimizer. It aims at the original's published
-Cityscapes PQ, which reference/FACTS.md does not list yet. The published runs start from
-ImageNet-pretrained backbones, which are not loaded yet (a later issue): for now the preset's
-architecture trains from random weights.
+Cityscapes PQ, which reference/FACTS.md does not list yet. The published runs start from ImageNet-pretrained backbones, and so does this recipe
+(`model.backbone_init`: the ImageNet Swin the original used, a hub id; "" trains from random weights).
 
     python train.py --config configs/cityscapes_panoptic.py:swin_t --workdir runs/cityscapes_panoptic_swin_t
     python train.py --config configs/cityscapes_panoptic.py:swin_l --workdir runs/cityscapes_panoptic_swin_l \\

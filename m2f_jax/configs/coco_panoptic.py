@@ -8,8 +8,8 @@ Recipe (reference/FACTS.md): large-scale jitter (flip, resize 0.1-2.0 of 1024, 1
 batch 16, 368,750 steps = 50 epochs (Swin-L: 737,500, 100 epochs), AdamW lr 1e-4 x0.1 at 88.9% and
 96.3% of the run, the paper's loss and optimizer (`_base`); 100 queries (Swin-L 200), as many target
 slots per image. Reproduces the published COCO panoptic PQ: Swin-T 53.2, Swin-S 54.6, Swin-B (IN21k)
-56.4, Swin-L (IN21k) 57.8. Those runs start from ImageNet-pretrained backbones, which are not loaded
-yet (a later issue): for now the preset's architecture trains from random weights.
+56.4, Swin-L (IN21k) 57.8. Those runs start from ImageNet-pretrained backbones, and so does this recipe
+(`model.backbone_init`: the ImageNet Swin the original used, a hub id; "" trains from random weights).
 
     python train.py --config configs/coco_panoptic.py:swin_t --workdir runs/coco_panoptic_swin_t
     python train.py --config configs/coco_panoptic.py:swin_l --workdir runs/coco_panoptic_swin_l \\

@@ -26,6 +26,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.preset = ""  # a name from m2f_jax.preset_names() overrides the fields below
     c.model.init_from = ""  # a converted or HF folder to fine-tune from (its config is used)
+    c.model.keep_matching_labels = True  # init_from with other labels: keep the class outputs of shared names
+    c.model.backbone_init = ""  # an ImageNet Swin checkpoint (file, folder or hub id) to start the backbone from
     c.model.embed_dim = 32
     c.model.depths = (2, 2, 2, 2)
     c.model.num_heads = (1, 2, 4, 8)

@@ -79,6 +79,18 @@ def _from_torch(x):
     return x.detach().cpu().numpy() if hasattr(x, "detach") else x
 
 
+def class_predictor(config: Mask2FormerConfig, rngs: nnx.Rngs) -> nnx.Linear:
+    """The class head: a query's logits over the labels and the no-object class (the last), initialised
+    as torch's nn.Linear (the original's)."""
+    return nnx.Linear(
+        config.hidden_dim,
+        config.num_labels + 1,
+        kernel_init=init.torch_default_kernel(),
+        bias_init=init.torch_default_bias(config.hidden_dim),
+        rngs=rngs,
+    )
+
+
 class PixelLevelModule(nnx.Module):
     """The backbone (Swin or ResNet, by the backbone config's type) and the pixel decoder."""
 
@@ -125,13 +137,7 @@ class Mask2FormerForUniversalSegmentation(nnx.Module):
         """execution: how repeated layers run (remat policy, scan); dtype: see `set_dtype`."""
         self.config = config
         self.model = Mask2FormerModel(config, execution, rngs=rngs)
-        self.class_predictor = nnx.Linear(
-            config.hidden_dim,
-            config.num_labels + 1,
-            kernel_init=init.torch_default_kernel(),
-            bias_init=init.torch_default_bias(config.hidden_dim),
-            rngs=rngs,
-        )
+        self.class_predictor = class_predictor(config, rngs)
         self.set_dtype(dtype)
 
     def set_dtype(self, dtype: jnp.dtype | str | None) -> None:
@@ -210,7 +216,7 @@ class Mask2FormerForUniversalSegmentation(nnx.Module):
             raise ValueError(
                 f"pixel_values must be (batch, height, width, {channels}) (NHWC), got shape {tuple(pixel_values.shape)}"
             )
-        if min(pixel_values.shape[:3]) == 0:
+        if any(isinstance(d, int) and d == 0 for d in pixel_values.shape[:3]):  # a symbolic batch (jax.export) is >= 1
             raise ValueError(f"pixel_values has an empty dimension: {tuple(pixel_values.shape)}")
         if not jnp.issubdtype(pixel_values.dtype, jnp.floating):
             raise ValueError(f"pixel_values must be floating point (normalised), got {pixel_values.dtype}")

@@ -21,6 +21,7 @@ from m2f_jax.losses import LossConfig
 from m2f_jax.modeling import Mask2FormerForUniversalSegmentation
 from m2f_jax.modeling.layers import LayerExecution
 from m2f_jax.processing.preprocess import ImageProcessor
+from m2f_jax.training import backbone_init
 from m2f_jax.training.mesh import batch_sharding, replicated, state_sharding
 from m2f_jax.training.optimizer import OptimizerConfig, build_optimizer, learning_rate_schedule, parameter_groups
 from m2f_jax.training.step import TrainState, init_state, make_train_step
@@ -163,19 +164,38 @@ def abstract_state(c: Any, config: Mask2FormerConfig, opt_config: OptimizerConfi
 
 
 def initial_state(
-    c: Any, config: Mask2FormerConfig, opt_config: OptimizerConfig, mesh
+    c: Any,
+    config: Mask2FormerConfig,
+    opt_config: OptimizerConfig,
+    mesh,
+    report: list[str] | None = None,
+    load_backbone: bool = True,
 ) -> tuple[nnx.GraphDef, TrainState]:
     """(graphdef, TrainState) placed on the mesh: random weights created directly in their
-    shards, or the weights of `model.init_from`."""
+    shards, the backbone's then replaced by `model.backbone_init`'s (unless load_backbone=False: a
+    resumed run restores them from its checkpoint), or the weights of `model.init_from` (onto the
+    data's labels: see training.finetune). `report`, when given, receives lines saying where the
+    initial weights came from."""
     if c.model.init_from:
-        from m2f_jax.weights import from_pretrained
+        from m2f_jax.training.finetune import load_for_labels
 
-        model = from_pretrained(c.model.init_from, seed=c.seed)
+        model, lines = load_for_labels(
+            c.model.init_from, config, c.seed, keep_matching_labels=c.model.get("keep_matching_labels", True)
+        )
+        if report is not None:
+            report.extend(lines)
         graphdef, state = init_state(model, build_optimizer(opt_config, parameter_groups(model)), c.seed)
         return graphdef, jax.device_put(state, state_sharding(mesh, state))
+    source = c.model.get("backbone_init") if load_backbone else None
+    backbone = None
+    if source:  # read and checked before the random state is built
+        backbone, lines = backbone_init.load(source, config.backbone_config)
+        if report is not None:
+            report.extend(lines)
     graphdef, init = _state_builder(c, config, opt_config)
     shardings = state_sharding(mesh, jax.eval_shape(init))
-    return graphdef, jax.jit(init, out_shardings=shardings)()
+    state = jax.jit(init, out_shardings=shardings)()
+    return graphdef, state if backbone is None else backbone_init.replace_backbone(state, backbone)
 
 
 def layer_execution(c: Any) -> LayerExecution:

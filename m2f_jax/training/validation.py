@@ -90,6 +90,23 @@ def folder_or_empty(v: Any) -> str | None:
     return None
 
 
+def checkpoint_or_empty(v: Any) -> str | None:
+    """A local file or folder, or a hub id (only its form is checked here: nothing is downloaded)."""
+    from m2f_jax.conversion.imagenet import local_or_hub
+
+    if not isinstance(v, str):
+        return f"must be a checkpoint file, folder or hub id, or '', got {v!r}"
+    if v:
+        try:
+            local_or_hub(v)
+        except FileNotFoundError as error:
+            return (
+                f"must be an existing checkpoint file or folder, or a hub id ({error}; "
+                "a resumed run does not read it: '' is allowed then)"
+            )
+    return None
+
+
 def _preset(v: Any) -> str | None:
     from m2f_jax.config import preset_names
 
@@ -124,6 +141,7 @@ FIELDS: dict[str, Check] = {
     "data.augment.flip": boolean,
     "model.preset": _preset,
     "model.init_from": folder_or_empty,
+    "model.backbone_init": checkpoint_or_empty,  # ImageNet weights for a new run's backbone (conversion.imagenet)
     "model.embed_dim": POSITIVE,
     "model.depths": integers(4, low=1),  # Mask2Former reads all four Swin stages
     "model.num_heads": integers(4, low=1),
@@ -167,6 +185,7 @@ FIELDS: dict[str, Check] = {
 
 # Fields a config may leave out (m2f_jax.training.optimizer.OptimizerConfig's defaults apply).
 OPTIONAL_FIELDS: dict[str, Check] = {
+    "model.keep_matching_labels": boolean,  # init_from onto other labels: keep the outputs of shared names
     "optimizer.b1": number(0, 1, high_open=True),
     "optimizer.b2": number(0, 1, high_open=True),
     "optimizer.eps": number(0, low_open=True),
@@ -253,6 +272,11 @@ def problems(c: Any, model: bool = True) -> list[str]:
         found.append(
             f"steps must be a multiple of optimizer.accumulation_steps={accumulate} (each optimizer update "
             f"takes {accumulate} steps), got {flat['steps']}"
+        )
+    if model and flat["model.init_from"] and flat["model.backbone_init"]:
+        found.append(
+            "model.backbone_init and model.init_from are both set: init_from's model brings its own backbone "
+            "weights; set one of them (the recipes set backbone_init: --config.model.backbone_init= clears it)"
         )
     if model and not (flat["model.preset"] or flat["model.init_from"]):  # else the model fields are not used
         for i, heads in enumerate(flat["model.num_heads"]):

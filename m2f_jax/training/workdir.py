@@ -13,7 +13,9 @@ May change on resume (reported, then recorded in experiment.json):
 - fsdp (the state is resharded when restored), remat and scan_layers (same values, other memory or speed),
   compute_dtype, loss.matcher (both solve the same assignment);
 - optimizer.* except accumulation_steps: a deliberate change of the recipe from here on, e.g. a
-  lower learning rate after a divergence.
+  lower learning rate after a divergence;
+- model.backbone_init (the starting backbone weights: a resumed run has them in its checkpoint and
+  does not read it).
 Everything else may not: the model (its shapes, labels and loss weights, which config.json
 records), the data stream (seed, task, data.*, batch_size: which images each step sees) and
 optimizer.accumulation_steps (the optimizer state's structure and what a step means).
@@ -34,7 +36,7 @@ MODEL_FILE = "config.json"
 MAY_CHANGE_ON_RESUME = (
     "steps", "log_every", "checkpoint_every", "keep_checkpoints", "data.eval_images", "data.workers",
     "data.max_skipped", "data.options.root", "data.options.data_dir", "fsdp", "remat", "scan_layers", "compute_dtype",
-    "loss.matcher", "optimizer.*", "eval.*",
+    "loss.matcher", "optimizer.*", "eval.*", "model.keep_matching_labels", "model.backbone_init",
 )  # fmt: skip
 MAY_NOT_CHANGE_ON_RESUME = ("optimizer.accumulation_steps",)  # exceptions to the patterns above
 _ABSENT = "(absent)"
@@ -113,18 +115,21 @@ def _write_json(path: str, value: Any, indent: int = 1) -> None:
     os.replace(tmp, path)
 
 
-def record_start(workdir: str, c: Any, model_config: Any) -> None:
-    """A fresh run: its model config (config.json) and experiment config (experiment.json)."""
+def record_start(workdir: str, c: Any, model_config: Any, initial_weights: list[str] = ()) -> None:
+    """A fresh run: its model config (config.json) and experiment config (experiment.json, with the lines
+    saying where the initial weights came from, e.g. what `model.init_from` re-initialised)."""
     os.makedirs(workdir, exist_ok=True)
     _write_json(os.path.join(workdir, MODEL_FILE), model_config.to_hf_dict(), indent=2)  # as Mask2FormerConfig.save
-    _write_json(os.path.join(workdir, EXPERIMENT_FILE), {"config": _plain(as_dict(c)), "resumes": []})
+    record = {"config": _plain(as_dict(c)), "resumes": [], "initial_weights": list(initial_weights)}
+    _write_json(os.path.join(workdir, EXPERIMENT_FILE), record)
 
 
 def record_resume(workdir: str, c: Any, step: int, changes: list[tuple[str, Any, Any]]) -> None:
     """A resumed run: experiment.json's config becomes the new one, and the changes are appended to
     its history (a workdir from before experiment.json gets one now)."""
     path = os.path.join(workdir, EXPERIMENT_FILE)
-    resumes = _read_json(path).get("resumes", []) if os.path.exists(path) else []
+    record = _read_json(path) if os.path.exists(path) else {}
+    resumes = record.get("resumes", [])
     if changes:
         resumes.append({"step": step, "changes": {name: [old, new] for name, old, new in changes}})
-    _write_json(path, {"config": _plain(as_dict(c)), "resumes": resumes})
+    _write_json(path, {**record, "config": _plain(as_dict(c)), "resumes": resumes})
