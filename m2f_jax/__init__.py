@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from m2f_jax import visualize
-    from m2f_jax.config import Mask2FormerConfig, SwinConfig, preset, preset_names
+    from m2f_jax.config import Mask2FormerConfig, ResNetConfig, SwinConfig, preset, preset_names
     from m2f_jax.conversion.stablehlo import export_serving
     from m2f_jax.conversion.to_hf import export_hf
     from m2f_jax.inference import segment
@@ -30,6 +30,7 @@ _PUBLIC = {
     "Mask2FormerConfig": ("m2f_jax.config", "Mask2FormerConfig"),
     "Mask2FormerForUniversalSegmentation": ("m2f_jax.modeling", "Mask2FormerForUniversalSegmentation"),
     "Mask2FormerOutput": ("m2f_jax.modeling", "Mask2FormerOutput"),
+    "ResNetConfig": ("m2f_jax.config", "ResNetConfig"),
     "SwinConfig": ("m2f_jax.config", "SwinConfig"),
     "convert_hf": ("m2f_jax.weights", "convert_hf"),
     "export_hf": ("m2f_jax.conversion.to_hf", "export_hf"),
@@ -48,6 +49,7 @@ __all__ = [  # a literal list, for linters and `from m2f_jax import *` (tests/te
     "Mask2FormerForUniversalSegmentation",
     "Mask2FormerImageProcessor",
     "Mask2FormerOutput",
+    "ResNetConfig",
     "SwinConfig",
     "convert_hf",
     "export_hf",

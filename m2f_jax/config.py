@@ -1,6 +1,6 @@
 """Model configuration: frozen dataclasses that read and write Hugging Face `config.json` files.
 
-The field names are those of HF's `SwinConfig` and `Mask2FormerConfig`, so a folder written by
+The field names are those of HF's `SwinConfig`, `ResNetConfig` and `Mask2FormerConfig`, so a folder written by
 `save_pretrained` (or downloaded from the hub) describes the same model here. Fields of those
 classes that do not change the architecture or the weights (torch dtype, problem type, ...) are
 ignored on reading and not written back.
@@ -59,10 +59,61 @@ class SwinConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class Mask2FormerConfig:
-    """The whole model (HF `Mask2FormerConfig` fields), with the Swin backbone in `backbone_config`."""
+class ResNetConfig:
+    """The ResNet backbone (HF `ResNetConfig` fields that shape the model), as Mask2Former's R50 / R101
+    baselines use it: bottleneck blocks with the stride on the 3x3 conv (detectron2's STRIDE_IN_1X1=False,
+    torchvision's and timm's layout), strides 4 to 32, all four stages out."""
 
-    backbone_config: SwinConfig = dataclasses.field(default_factory=SwinConfig)
+    embedding_size: int = 64
+    hidden_sizes: tuple[int, ...] = (256, 512, 1024, 2048)
+    depths: tuple[int, ...] = (3, 4, 6, 3)
+    num_channels: int = 3
+    layer_type: str = "bottleneck"
+    hidden_act: str = "relu"
+    downsample_in_first_stage: bool = False
+    downsample_in_bottleneck: bool = False
+    out_features: tuple[str, ...] = STAGE_NAMES
+
+    def __post_init__(self):
+        object.__setattr__(self, "depths", tuple(self.depths))
+        object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
+        object.__setattr__(self, "out_features", tuple(self.out_features))
+        if self.layer_type != "bottleneck":
+            raise ValueError(f"layer_type must be 'bottleneck' (ResNet-50 and deeper), got {self.layer_type!r}")
+        if len(self.depths) != 4 or len(self.hidden_sizes) != 4:
+            raise ValueError(
+                f"Mask2Former needs four ResNet stages, got depths {self.depths}, hidden_sizes {self.hidden_sizes}"
+            )
+        if min(self.depths) < 1:
+            raise ValueError(f"every stage needs at least one block, got depths {self.depths}")
+        if any(size % 4 for size in self.hidden_sizes):
+            raise ValueError(f"hidden_sizes must be multiples of 4 (the bottleneck width), got {self.hidden_sizes}")
+        if self.hidden_act != "relu":
+            raise ValueError(f"hidden_act must be 'relu', got {self.hidden_act!r}")
+        if self.downsample_in_first_stage:
+            raise ValueError("downsample_in_first_stage=True is not supported (Mask2Former's strides are 4 to 32)")
+        if self.downsample_in_bottleneck:
+            raise ValueError(
+                "downsample_in_bottleneck=True (the stride on the first 1x1 conv) is not supported: Mask2Former's "
+                "ResNets put it on the 3x3 conv (STRIDE_IN_1X1=False), as torchvision and timm do"
+            )
+        if self.out_features != STAGE_NAMES:
+            raise ValueError(f"Mask2Former needs all four ResNet stages as out_features, got {self.out_features}")
+
+    @property
+    def stage_channels(self) -> tuple[int, ...]:
+        return self.hidden_sizes
+
+
+BackboneConfig = SwinConfig | ResNetConfig
+_BACKBONE_TYPES = {"swin": SwinConfig, "resnet": ResNetConfig}
+
+
+@dataclasses.dataclass(frozen=True)
+class Mask2FormerConfig:
+    """The whole model (HF `Mask2FormerConfig` fields), with the Swin or ResNet backbone in `backbone_config`."""
+
+    backbone_config: BackboneConfig = dataclasses.field(default_factory=SwinConfig)
     id2label: dict[int, str] = dataclasses.field(default_factory=lambda: {i: f"LABEL_{i}" for i in range(133)})
     feature_size: int = 256
     mask_feature_size: int = 256
@@ -97,6 +148,8 @@ class Mask2FormerConfig:
     def __post_init__(self):
         object.__setattr__(self, "id2label", {int(k): str(v) for k, v in self.id2label.items()})
         object.__setattr__(self, "feature_strides", tuple(self.feature_strides))
+        if not isinstance(self.backbone_config, SwinConfig | ResNetConfig):
+            raise TypeError(f"backbone_config must be a SwinConfig or ResNetConfig, got {type(self.backbone_config)}")
         if sorted(self.id2label) != list(range(len(self.id2label))):
             raise ValueError("id2label must map the ids 0..num_labels-1")
         if self.activation_function != "relu":
@@ -133,7 +186,7 @@ class Mask2FormerConfig:
         """The dict HF's `Mask2FormerConfig.from_dict` accepts (and `config.json` holds)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         backbone = dataclasses.asdict(self.backbone_config)
-        backbone["model_type"] = "swin"
+        backbone["model_type"] = next(k for k, v in _BACKBONE_TYPES.items() if isinstance(self.backbone_config, v))
         backbone["out_features"] = list(self.backbone_config.out_features)
         out["backbone_config"] = backbone
         out["id2label"] = {str(k): v for k, v in self.id2label.items()}
@@ -149,16 +202,20 @@ class Mask2FormerConfig:
             raise ValueError(f"expected a mask2former config, got model_type={model_type!r}")
         backbone = dict(data.get("backbone_config") or {})
         backbone_type = backbone.get("model_type", "swin")
-        if backbone_type != "swin":
-            raise ValueError(f"only Swin backbones are supported, got backbone model_type={backbone_type!r}")
-        swin = _pick(SwinConfig, backbone)
+        if backbone_type not in _BACKBONE_TYPES:
+            raise ValueError(
+                f"only Swin and ResNet backbones are supported (backbone model_type 'swin' or 'resnet'), "
+                f"got backbone model_type={backbone_type!r}"
+            )
+        backbone_cls = _BACKBONE_TYPES[backbone_type]
+        backbone_fields = _pick(backbone_cls, backbone)
         if "out_features" not in backbone:
-            swin.pop("out_features", None)
+            backbone_fields.pop("out_features", None)
         fields = _pick(cls, data)
         fields.pop("backbone_config", None)
         if "id2label" not in data and "num_labels" in data:
             fields["id2label"] = {i: f"LABEL_{i}" for i in range(int(data["num_labels"]))}
-        return cls(backbone_config=SwinConfig(**swin), **fields)
+        return cls(backbone_config=backbone_cls(**backbone_fields), **fields)
 
     def save(self, folder: str | os.PathLike) -> None:
         os.makedirs(folder, exist_ok=True)
@@ -206,14 +263,21 @@ DATASET_LABELS = {
 }
 
 
+# Mask2Former's ResNet baselines (R50, R101): torchvision's ImageNet ResNets, 100 queries on every task.
+RESNET_VARIANTS = {"50": dict(depths=(3, 4, 6, 3)), "101": dict(depths=(3, 4, 23, 3))}
+
+
 def preset(name: str) -> Mask2FormerConfig:
-    """The config of a published checkpoint, e.g. `preset("swin-tiny-coco-panoptic")`.
+    """The config of a published checkpoint, e.g. `preset("swin-tiny-coco-panoptic")`, or of a ResNet
+    baseline of the paper, e.g. `preset("resnet-50-coco-panoptic")`.
 
     Accepts the hub id too ("facebook/mask2former-swin-tiny-coco-panoptic"). Label names are
     placeholders (LABEL_i): the real names come with the checkpoint's own config.json.
     """
-    short = name.split("/")[-1].removeprefix("mask2former-").removeprefix("swin-")
-    for variant in sorted(SWIN_VARIANTS, key=len, reverse=True):
+    short = name.split("/")[-1].removeprefix("mask2former-")
+    family, variants = ("resnet", RESNET_VARIANTS) if short.startswith("resnet-") else ("swin", SWIN_VARIANTS)
+    short = short.removeprefix(family + "-")
+    for variant in sorted(variants, key=len, reverse=True):
         if short.startswith(variant + "-"):
             dataset_task = short[len(variant) + 1 :]
             dataset, _, task = dataset_task.rpartition("-")
@@ -221,14 +285,19 @@ def preset(name: str) -> Mask2FormerConfig:
                 break
     else:
         raise ValueError(f"unknown preset {name!r}; known: {', '.join(preset_names())}")
-    # Swin-L runs 200 queries except for semantic segmentation (the original configs).
-    queries = 200 if variant == "large" and task != "semantic" else 100
+    if family == "resnet":
+        backbone, queries = ResNetConfig(**RESNET_VARIANTS[variant]), 100
+    else:
+        # Swin-L runs 200 queries except for semantic segmentation (the original configs).
+        backbone = SwinConfig(**SWIN_VARIANTS[variant])
+        queries = 200 if variant == "large" and task != "semantic" else 100
     return Mask2FormerConfig(
-        backbone_config=SwinConfig(**SWIN_VARIANTS[variant]),
+        backbone_config=backbone,
         id2label={i: f"LABEL_{i}" for i in range(DATASET_LABELS[(dataset, task)])},
         num_queries=queries,
     )
 
 
 def preset_names() -> list[str]:
-    return [f"swin-{v}-{d}-{t}" for v in SWIN_VARIANTS for (d, t) in DATASET_LABELS]
+    swin = [f"swin-{v}-{d}-{t}" for v in SWIN_VARIANTS for (d, t) in DATASET_LABELS]
+    return swin + [f"resnet-{v}-{d}-{t}" for v in RESNET_VARIANTS for (d, t) in DATASET_LABELS]

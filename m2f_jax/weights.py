@@ -1,7 +1,9 @@
 """Building models from weights, and our own weight files (no torch needed to read them).
 
 A converted folder holds `config.json` (HF's format) and `flax_model.safetensors`, whose keys are
-the model's dotted parameter paths (`model.transformer_module.decoder.layernorm.scale`, ...).
+the model's dotted parameter paths (`model.transformer_module.decoder.layernorm.scale`, ...). The
+model's weights are its trained `nnx.Param`s and its `Frozen` ones (ResNet's frozen BatchNorm): both
+are saved and loaded; "params" below means both.
 """
 
 from __future__ import annotations
@@ -22,8 +24,11 @@ from m2f_jax import hub
 from m2f_jax.config import Mask2FormerConfig
 from m2f_jax.conversion import hf, original
 from m2f_jax.modeling import Mask2FormerForUniversalSegmentation
+from m2f_jax.modeling.frozen_batchnorm import Frozen
 
 FLAX_WEIGHTS = "flax_model.safetensors"
+# The variables that are the model's weights: trained and frozen ones (not RNG state).
+WEIGHT_TYPES = (nnx.Param, Frozen)
 # Files besides the weights that a converted folder keeps (the image processor's settings).
 CARRIED_FILES = ("preprocessor_config.json",)
 
@@ -49,7 +54,7 @@ def abstract_model(config: Mask2FormerConfig) -> Mask2FormerForUniversalSegmenta
 
 def param_shapes(config: Mask2FormerConfig) -> dict[str, tuple[int, ...]]:
     _, flat = _abstract_parts(config)
-    return {_path_name(path): tuple(v.shape) for path, v in flat if isinstance(v, nnx.Param)}
+    return {_path_name(path): tuple(v.shape) for path, v in flat if isinstance(v, WEIGHT_TYPES)}
 
 
 def model_from_params(
@@ -63,7 +68,7 @@ def model_from_params(
     flat = []
     for path, var in abstract:
         name = _path_name(path)
-        if isinstance(var, nnx.Param):
+        if isinstance(var, WEIGHT_TYPES):
             value = jnp.asarray(params[name], dtype=var.dtype)
         elif isinstance(var, nnx.RngKey):
             value = next(keys)
@@ -74,7 +79,8 @@ def model_from_params(
 
 
 def model_params(model: Mask2FormerForUniversalSegmentation) -> dict[str, np.ndarray]:
-    return {_path_name(path): np.asarray(v[...]) for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    flat = nnx.to_flat_state(nnx.state(model, nnx.Any(*WEIGHT_TYPES)))
+    return {_path_name(path): np.asarray(v[...]) for path, v in flat}
 
 
 def save_model(

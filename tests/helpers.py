@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from m2f_jax.config import Mask2FormerConfig, SwinConfig
+from m2f_jax.config import Mask2FormerConfig, ResNetConfig, SwinConfig
 
 
 def tiny_config(window_size: int = 4, num_labels: int = 5, **changes) -> Mask2FormerConfig:
@@ -27,9 +27,15 @@ def tiny_config(window_size: int = 4, num_labels: int = 5, **changes) -> Mask2Fo
     return Mask2FormerConfig(**fields)
 
 
+def tiny_resnet_config(depths=(1, 2, 1, 1), **changes) -> Mask2FormerConfig:
+    """tiny_config's heads on a tiny bottleneck ResNet (stem 16 channels, stages 32..256)."""
+    backbone = ResNetConfig(embedding_size=16, hidden_sizes=(32, 64, 128, 256), depths=depths)
+    return tiny_config(backbone_config=backbone, **changes)
+
+
 def save_random_hf_model(config: Mask2FormerConfig, folder, seed: int = 0):
-    """Builds HF's model for `config`, moves every parameter off its (often zero) initial value,
-    saves it with save_pretrained (the hub's key names) and returns the model in eval mode."""
+    """Builds HF's model for `config`, moves every parameter (and BatchNorm statistic) off its (often
+    zero) initial value, saves it with save_pretrained (the hub's key names) and returns the model in eval mode."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(seed)
@@ -43,6 +49,11 @@ def save_random_hf_model(config: Mask2FormerConfig, folder, seed: int = 0):
                 p.copy_(1.0 + 0.1 * noise if name.endswith("weight") else 0.1 * noise)
             else:
                 p.add_(0.05 * noise)
+        for name, buffer in model.named_buffers():  # BatchNorm statistics (ResNet backbones)
+            if name.endswith("running_mean"):
+                buffer.copy_(0.2 * torch.randn(buffer.shape, generator=generator))
+            elif name.endswith("running_var"):
+                buffer.copy_(0.5 + torch.rand(buffer.shape, generator=generator))
     model.save_pretrained(str(folder))
     return model
 

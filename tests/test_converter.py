@@ -127,12 +127,18 @@ def test_initialisation_scales_we_do_not_read_are_refused(field, value):
 
 
 def test_rejects_other_backbones():
-    with pytest.raises(ValueError, match="only Swin backbones"):
-        Mask2FormerConfig.from_hf_dict({"model_type": "mask2former", "backbone_config": {"model_type": "resnet"}})
+    with pytest.raises(ValueError, match="only Swin and ResNet backbones"):
+        Mask2FormerConfig.from_hf_dict({"model_type": "mask2former", "backbone_config": {"model_type": "convnext"}})
 
 
 @pytest.mark.parametrize(
-    "name", ["swin-tiny-coco-panoptic", "swin-base-IN21k-cityscapes-instance", "swin-large-mapillary-vistas-panoptic"]
+    "name",
+    [
+        "swin-tiny-coco-panoptic",
+        "swin-base-IN21k-cityscapes-instance",
+        "swin-large-mapillary-vistas-panoptic",
+        "resnet-50-coco-panoptic",
+    ],
 )
 def test_presets_match_hf_parameter_shapes(name):
     """HF's model for the preset, built without memory on the meta device, converts key for key."""
@@ -148,7 +154,7 @@ def test_presets_match_hf_parameter_shapes(name):
 
 def test_preset_names():
     names = preset_names()
-    assert len(names) == 5 * 11 and "swin-large-coco-panoptic" in names
+    assert len(names) == 7 * 11 and "swin-large-coco-panoptic" in names and "resnet-101-ade-semantic" in names
     assert preset("facebook/mask2former-swin-large-coco-panoptic").num_queries == 200
     assert preset("swin-large-ade-semantic").num_queries == 100
     assert preset("swin-base-IN21k-ade-semantic").backbone_config.window_size == 12

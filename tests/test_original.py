@@ -2,9 +2,9 @@
 
 tests/data holds tiny random checkpoints written by facebookresearch/Mask2Former's and detectron2's
 own modules, with those modules' outputs on a fixed input (see tests/data/make_original_fixture.py).
-The Swin one is imported and run by m2f_jax; the ResNet one, whose backbone m2f_jax does not build
-here, is renamed by the same table, loaded into HF's ResNet-backbone Mask2Former and run by HF.
-Either way the reference is the original model, not our own mapping.
+Both are imported and run by m2f_jax; the ResNet one is also renamed by the same table, loaded into
+HF's ResNet-backbone Mask2Former and run by HF. Either way the reference is the original model, not
+our own mapping.
 """
 
 from __future__ import annotations
@@ -216,9 +216,27 @@ def test_non_finite_weights_and_other_normalisations_are_refused(tmp_path):
         original.load_original(_write_pkl(tmp_path, other, "other.pkl"))
 
 
-def test_resnet_checkpoints_are_refused_with_their_shape():
-    with pytest.raises(ValueError, match="has a ResNet backbone .*'hidden_sizes': \\[8, 16, 32, 64\\]"):
-        original.load_original(RESNET_PKL)
+def test_resnet_checkpoint_matches_the_original_model():
+    model, ignored = original.convert_original(RESNET_PKL)
+    backbone = model.config.backbone_config
+    assert (backbone.embedding_size, backbone.hidden_sizes, backbone.depths) == (
+        RESNET["stem"],
+        tuple(RESNET["widths"]),
+        tuple(RESNET["depths"]),
+    )
+    assert ignored == ["criterion.empty_weight"]
+    reference = np.load(os.path.join(DATA, "original_resnet_outputs.npz"))
+    pixels = fixture_input().transpose(0, 2, 3, 1)
+    out = jax.jit(lambda m, x: m(x), compiler_options=FAST_COMPILE)(model, pixels)
+    assert max_diff(out.class_queries_logits, reference["pred_logits"]) < 1e-4
+    assert max_diff(out.masks_queries_logits, reference["pred_masks"]) < 1e-4
+
+
+def test_basic_block_resnets_are_refused_with_their_shape():
+    """ResNet-18/34 (basic blocks): no Mask2Former checkpoint uses them, and m2f_jax builds bottlenecks only."""
+    state = {k: v for k, v in _state(RESNET_PKL).items() if ".conv3." not in k}
+    with pytest.raises(ValueError, match="has a ResNet backbone .*'layer_type': 'basic'.*must be 'bottleneck'"):
+        original.infer_config(state)
 
 
 def test_cli_writes_a_folder_that_loads(tmp_path, capsys):

@@ -96,7 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{config.num_labels} labels, {config.num_queries} queries"
     )
     if ignored:
-        print(f"ignored {len(ignored)} unused checkpoint keys: {', '.join(ignored)}")
+        counters = [key for key in ignored if key.endswith(".num_batches_tracked")]  # one per BatchNorm: counted
+        named = [key for key in ignored if key not in counters]
+        counted = f" and {len(counters)} BatchNorm num_batches_tracked counters" if counters else ""
+        print(f"ignored {len(ignored)} unused checkpoint keys: {', '.join(named)}{counted}")
     if from_original and all(name == f"LABEL_{i}" for i, name in config.id2label.items()):
         print("label names are placeholders (LABEL_i): pass --labels or --preset to name the classes")
     return 0

@@ -2,8 +2,10 @@
 
 A checkpoint's keys (the hub names that `save_pretrained` writes) map onto our parameter paths by
 a table of renames, plus the layout changes: Linear (out, in) -> (in, out), Conv OIHW -> HWIO,
-norm `weight` -> `scale`, and the cross-attention's fused `in_proj` split into q, k and v. Every
-key is checked both ways and every shape, and a mismatch fails with the full list.
+norm `weight` -> `scale`, and the cross-attention's fused `in_proj` split into q, k and v. A ResNet
+backbone's keys need no rename (our modules carry HF's names; BatchNorm running statistics keep
+theirs and load as frozen weights). Every key is checked both ways and every shape, and a mismatch
+fails with the full list.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from m2f_jax import hub
 from m2f_jax.config import Mask2FormerConfig
 
 # Keys that checkpoints carry but the model does not use: the loss's class weights, Swin's
-# index buffers (recomputed from the window size), and SwinModel's final norm, which the
-# backbone bypasses (HF ignores it too).
+# index buffers (recomputed from the window size), SwinModel's final norm, which the
+# backbone bypasses (HF ignores it too), and BatchNorm's update counters (ResNet backbones).
 IGNORED_KEYS = (
     r"^criterion\.empty_weight$",
     r"\.relative_position_index$",

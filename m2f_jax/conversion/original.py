@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from m2f_jax.config import DATASET_LABELS, Mask2FormerConfig, SwinConfig, preset
+from m2f_jax.config import DATASET_LABELS, Mask2FormerConfig, ResNetConfig, SwinConfig, preset
 from m2f_jax.conversion import hf
 
 EXTENSIONS = (".pkl", ".pth")
@@ -329,9 +329,12 @@ def infer_config(state: Mapping[str, np.ndarray], source: str = "the checkpoint"
     """The model config the original tensors determine, with placeholder label names."""
     head = infer_head(state, source)
     if "backbone.stem.conv1.weight" in state:
-        raise ValueError(
-            f"{source} has a ResNet backbone ({infer_resnet(state, source)}), which this m2f_jax cannot build yet"
-        )
+        fields = infer_resnet(state, source)
+        try:
+            backbone = ResNetConfig(**fields)
+        except ValueError as e:
+            raise ValueError(f"{source} has a ResNet backbone ({fields}) that m2f_jax does not build: {e}") from e
+        return Mask2FormerConfig(backbone_config=backbone, **head)
     return Mask2FormerConfig(backbone_config=infer_swin(state, source), **head)
 
 

@@ -7,6 +7,8 @@ onto `variance_scaling` with its default axes. Biases are initialised from their
 so a bias that depends on the weight's fan-in takes that fan-in as an argument.
 
 Which module uses which scheme (the original code's choice; `tests/test_init.py` checks it):
+  ResNet (detectron2's): convs c2_msra_fill without bias; frozen BatchNorms the identity (weight 1,
+    bias 0, mean 0, variance 1 - eps).
   Swin: Linear kernels trunc_normal(0.02) with zero bias, relative position tables
     trunc_normal(0.02), LayerNorms 1/0, the patch-embedding conv PyTorch's default.
   Deformable attention: sampling_offsets kernel 0 and bias the grid of directions, attention
@@ -83,6 +85,12 @@ def c2_xavier_fill() -> Initializer:
     """detectron2's c2_xavier_fill (Caffe2's "XavierFill"): kaiming_uniform_(a=1), that is
     U(+-sqrt(3 / fan_in)); its bias is zero."""
     return jax.nn.initializers.variance_scaling(1.0, "fan_in", "uniform")
+
+
+def c2_msra_fill() -> Initializer:
+    """detectron2's c2_msra_fill: kaiming_normal_(mode="fan_out", nonlinearity="relu"), that is
+    N(0, 2 / fan_out) untruncated; its bias (when there is one) is zero."""
+    return jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def torch_default_kernel() -> Initializer:

@@ -8,12 +8,13 @@ import os
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from m2f_jax.config import Mask2FormerConfig
+from m2f_jax.config import Mask2FormerConfig, ResNetConfig
 from m2f_jax.modeling import initializers as init
 from m2f_jax.modeling.decoder import DecoderOutput, TransformerModule
 from m2f_jax.modeling.layers import UNROLLED, LayerExecution
 from m2f_jax.modeling.pixel_decoder import PixelDecoder, PixelDecoderOutput
 from m2f_jax.modeling.precision import widen
+from m2f_jax.modeling.resnet import ResNetBackbone
 from m2f_jax.modeling.swin import SwinBackbone
 from m2f_jax.modeling.valid_region import FeatureMap, image_sizes, token_mask
 
@@ -91,10 +92,11 @@ def class_predictor(config: Mask2FormerConfig, rngs: nnx.Rngs) -> nnx.Linear:
 
 
 class PixelLevelModule(nnx.Module):
-    """The backbone and the pixel decoder."""
+    """The backbone (Swin or ResNet, by the backbone config's type) and the pixel decoder."""
 
     def __init__(self, config: Mask2FormerConfig, execution: LayerExecution, *, rngs: nnx.Rngs):
-        self.encoder = SwinBackbone(config.backbone_config, execution, rngs=rngs)
+        backbone = ResNetBackbone if isinstance(config.backbone_config, ResNetConfig) else SwinBackbone
+        self.encoder = backbone(config.backbone_config, execution, rngs=rngs)
         self.decoder = PixelDecoder(config, config.backbone_config.stage_channels, execution, rngs=rngs)
 
     def __call__(self, pixels: FeatureMap) -> tuple[tuple[FeatureMap, ...], PixelDecoderOutput]:

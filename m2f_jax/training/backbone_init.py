@@ -27,18 +27,27 @@ def load(source: str, backbone_config) -> tuple[dict[str, np.ndarray], list[str]
 
 
 def replace_backbone(state: TrainState, params: Mapping[str, np.ndarray]) -> TrainState:
-    """`state` with the backbone parameters named in `params` (paths relative to the backbone) replaced,
-    each laid out with the sharding of the parameter it replaces."""
-    flat, placed = [], set()
-    for path, var in nnx.to_flat_state(state.params):
-        name = ".".join(str(p) for p in path[len(BACKBONE) :]) if path[: len(BACKBONE)] == BACKBONE else None
-        if name in params:
-            old = var[...]
-            value = np.asarray(params[name], dtype=old.dtype)
-            # from the host copy each process holds, shard by shard: works on one host and on many
-            var = var.replace(jax.make_array_from_callback(old.shape, old.sharding, lambda index, v=value: v[index]))
-            placed.add(name)
-        flat.append((path, var))
+    """`state` with the backbone weights named in `params` (paths relative to the backbone) replaced,
+    each laid out with the sharding of the weight it replaces: trained ones in `state.params`, frozen
+    ones (ResNet's BatchNorm) in `state.rngs`, the state's non-parameter part."""
+    placed = set()
+
+    def replaced(part):
+        flat = []
+        for path, var in nnx.to_flat_state(part):
+            name = ".".join(str(p) for p in path[len(BACKBONE) :]) if path[: len(BACKBONE)] == BACKBONE else None
+            if name in params:
+                old = var[...]
+                value = np.asarray(params[name], dtype=old.dtype)
+                # from the host copy each process holds, shard by shard: works on one host and on many
+                var = var.replace(
+                    jax.make_array_from_callback(old.shape, old.sharding, lambda index, v=value: v[index])
+                )
+                placed.add(name)
+            flat.append((path, var))
+        return nnx.from_flat_state(flat)
+
+    state = state.replace(params=replaced(state.params), rngs=replaced(state.rngs))
     if placed != set(params):
         raise ValueError(f"the model has no backbone parameters {sorted(set(params) - placed)[:5]} (of {len(params)})")
-    return state.replace(params=nnx.from_flat_state(flat))
+    return state

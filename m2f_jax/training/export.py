@@ -4,10 +4,11 @@ and segment() read.
 
     python -m m2f_jax.training.export WORKDIR DEST [--step N] [--overwrite]
 
-Only the parameters are read: orbax restores the `params` part of the checkpoint's state, so the
-optimizer state (twice the parameters with AdamW) is neither read nor allocated, and no experiment
-config is needed. Only committed checkpoints are seen: a step that orbax is still writing, in
-`N.orbax-checkpoint-tmp`, is not listed.
+Only the weights are read: orbax restores the `params` part of the checkpoint's state (and the frozen
+weights, such as ResNet's BatchNorm, from its non-parameter part), so the optimizer state (twice the
+parameters with AdamW) is neither read nor allocated, and no experiment config is needed. Only
+committed checkpoints are seen: a step that orbax is still writing, in `N.orbax-checkpoint-tmp`, is
+not listed.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from flax import nnx
 from m2f_jax.config import Mask2FormerConfig
 from m2f_jax.conversion import hf
 from m2f_jax.modeling import Mask2FormerForUniversalSegmentation
+from m2f_jax.modeling.frozen_batchnorm import Frozen
 from m2f_jax.processing.preprocess import CONFIG_NAME
 from m2f_jax.training.workdir import EXPERIMENT_FILE, MODEL_FILE
 from m2f_jax.weights import FLAX_WEIGHTS, abstract_model, check_destination, model_from_params, save_model
@@ -67,8 +69,13 @@ def _read_params(workdir: str, step: int | None, config: Mask2FormerConfig) -> t
         step = steps[-1] if step is None else step
         if step not in steps:
             raise FileNotFoundError(f"{workdir} has no checkpoint at step {step}; its checkpoints: steps {steps}")
-        # Host arrays of the state's parameters; partial_restore skips every other leaf of the checkpoint.
-        target = {"params": nnx.state(abstract_model(config), nnx.Param)}
+        # Host arrays of the state's weights; partial_restore skips every other leaf of the checkpoint. Frozen
+        # weights (ResNet's BatchNorm) travel in the state's non-parameter part, with the RNG streams.
+        abstract = abstract_model(config)
+        target = {"params": nnx.state(abstract, nnx.Param)}
+        frozen = nnx.state(abstract, Frozen)
+        if frozen:
+            target["rngs"] = frozen
         as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
         restored = checkpoints.manager.restore(
             step,
@@ -78,7 +85,7 @@ def _read_params(workdir: str, step: int | None, config: Mask2FormerConfig) -> t
         )
     finally:
         checkpoints.close()
-    flat = nnx.to_flat_state(restored["state"]["params"])
+    flat = [item for part in target for item in nnx.to_flat_state(restored["state"][part])]
     return {".".join(str(p) for p in path): np.asarray(v[...]) for path, v in flat}, step
 
 

@@ -9,6 +9,8 @@ Parameter groups come from the model's structure (`parameter_groups`):
   (nnx.Embed), and those a module lists in its `no_weight_decay` class attribute (the pixel
   decoder's level embedding, Swin's relative position bias tables). Linear and conv biases are
   decayed, as in detectron2.
+ResNet's frozen BatchNorms hold no parameters (their weights are `Frozen`, not `nnx.Param`), so they
+are in no group and never updated; its convs are backbone parameters that decay.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from m2f_jax.modeling.resnet import ResNetBackbone
 from m2f_jax.modeling.swin import SwinBackbone
 
-_BACKBONES = (SwinBackbone,)
+_BACKBONES = (SwinBackbone, ResNetBackbone)
 _NO_DECAY_MODULES = (nnx.LayerNorm, nnx.GroupNorm, nnx.Embed)
 
 

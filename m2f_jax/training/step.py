@@ -1,7 +1,8 @@
 """The training state and the jitted training step.
 
 The model is split into its structure (graphdef, static), its parameters and its other state
-(the RNG streams of dropout and stochastic depth). The state that moves through the step, and
+(the RNG streams of dropout and stochastic depth, and frozen weights such as ResNet's BatchNorm,
+which the step carries unchanged: they get no gradient). The state that moves through the step, and
 into checkpoints, is a `TrainState` of arrays only.
 """
 
@@ -32,12 +33,12 @@ class TrainState:
     step: jax.Array  # int32 scalar: training steps taken (micro-batches when accumulating)
     params: nnx.State
     opt_state: Any
-    rngs: nnx.State  # the model's RNG streams (dropout, drop-path)
+    rngs: nnx.State  # the model's other state: RNG streams (dropout, drop-path) and frozen weights
     loss_key: jax.Array  # typed PRNG key; the step folds in `step` for the loss's point sampling
 
 
 def split_model(model: Mask2FormerForUniversalSegmentation) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
-    """(structure, parameters, everything else), the last being the RNG streams."""
+    """(structure, parameters, everything else), the last being the RNG streams and frozen weights."""
     return nnx.split(model, nnx.Param, ...)
 
 
