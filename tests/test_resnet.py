@@ -5,6 +5,8 @@ the optimizer's groups, a training step, a checkpoint and an export."""
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +16,7 @@ from test_hf_parity import compare
 
 import m2f_jax
 from m2f_jax.config import Mask2FormerConfig, ResNetConfig, preset
+from m2f_jax.conversion import imagenet
 from m2f_jax.conversion.hf import CheckpointMismatch
 from m2f_jax.conversion.resnet_imagenet import backbone_shapes, resnet_backbone_params
 from m2f_jax.modeling.frozen_batchnorm import Frozen
@@ -140,11 +143,16 @@ def random_backbone(config: ResNetConfig, seed: int = 0, execution: LayerExecuti
     return backbone_with(config, weights, execution)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _forward(graphdef, state, pixels):
+    return nnx.merge(graphdef, state, copy=True)(pixels)
+
+
 def jitted(backbone: ResNetBackbone):
-    """The backbone's forward under jit (eager ops each compile on their own, which is slower)."""
+    """The backbone's forward under jit (eager ops each compile on their own, which is slower); one
+    compilation per backbone shape and input shape, shared by the tests."""
     graphdef, state = nnx.split(backbone)
-    forward = jax.jit(lambda state, pixels: nnx.merge(graphdef, state, copy=True)(pixels))
-    return lambda pixels: forward(state, pixels)
+    return lambda pixels: _forward(graphdef, state, pixels)
 
 
 def test_padded_batch_equals_each_image_alone():
@@ -256,6 +264,104 @@ def test_bad_imagenet_state_dicts_are_listed(timm_resnet):
     state["layer3.0.conv2.weight"] = np.full_like(state["layer3.0.conv2.weight"], np.nan)
     with pytest.raises(ValueError, match="layer3.0.conv2.weight"):
         resnet_backbone_params(state, TIMM_BACKBONE)
+
+
+def our_stages(params):
+    """Our TIMM_BACKBONE-shaped backbone's four stages (NCHW) on a fixed random batch, and the batch."""
+    pixels = np.random.default_rng(3).normal(size=(2, 3, *CANVAS)).astype(np.float32)
+    stages = jitted(backbone_with(TIMM_BACKBONE, params))(
+        FeatureMap(jnp.asarray(nhwc(pixels)), jnp.array([CANVAS] * 2, jnp.int32))
+    )
+    return [np.asarray(s.values).transpose(0, 3, 1, 2) for s in stages], pixels
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_imagenet_files_through_load_backbone_weights(timm_resnet, tmp_path, suffix):
+    """timm's .safetensors and torchvision's .pth (the same keys) give resnet_backbone_params' weights
+    (tested above against timm's stages); the report says what was loaded and ignored, none kept."""
+    state = state_dict_of(timm_resnet)
+    path = tmp_path / f"resnet{suffix}"
+    if suffix == ".pth":
+        torch.save(timm_resnet.state_dict(), path)
+    else:
+        from safetensors.numpy import save_file
+
+        save_file(state, str(path))
+    params, report = imagenet.load_backbone_weights(path, TIMM_BACKBONE)
+    expected, _ = resnet_backbone_params(state, TIMM_BACKBONE)
+    assert sorted(params) == sorted(expected) == sorted(backbone_shapes(TIMM_BACKBONE))
+    assert all(np.array_equal(params[k], expected[k]) for k in expected)
+    assert (report.format, report.kept, report.loaded) == (imagenet.TORCHVISION_RESNET, (), tuple(sorted(params)))
+    reasons = dict(report.ignored)
+    assert reasons.pop("fc.weight") == reasons.pop("fc.bias") == "classifier head"
+    assert set(reasons.values()) == {"buffer"} and all(k.endswith("num_batches_tracked") for k in reasons)
+    lines = report.summary().splitlines()
+    assert lines[0] == f"backbone weights from {path} (torchvision/timm ResNet): {len(expected)} parameters loaded"
+    buffers, head = sorted(lines[1:])  # in the file's key order
+    assert buffers.startswith("  ignored, buffer: ") and buffers.endswith(f", ... ({len(reasons)} in all)")
+    assert head in ("  ignored, classifier head: fc.weight, fc.bias", "  ignored, classifier head: fc.bias, fc.weight")
+
+
+@pytest.fixture(scope="module")
+def hf_resnet(tmp_path_factory):
+    """transformers' ResNetForImageClassification with TIMM_BACKBONE's shape, random weights and BatchNorm
+    statistics, saved with save_pretrained; (folder, model in eval mode)."""
+    torch.manual_seed(1)
+    config = transformers.ResNetConfig(
+        embedding_size=64, hidden_sizes=list(TIMM_BACKBONE.hidden_sizes), depths=list(TIMM_BACKBONE.depths),
+        layer_type="bottleneck", num_labels=10,
+    )  # fmt: skip
+    model = transformers.ResNetForImageClassification(config).eval()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if name.endswith("running_var"):
+                tensor.copy_(0.5 + torch.rand(tensor.shape, generator=generator))
+            elif ".normalization." in name and name.endswith(("weight", "bias", "running_mean")):
+                tensor.copy_(0.2 * torch.randn(tensor.shape, generator=generator) + name.endswith("weight"))
+    folder = tmp_path_factory.mktemp("hf_resnet")
+    model.save_pretrained(str(folder))
+    return folder, model
+
+
+def test_hf_resnet_checkpoint_gives_hf_stages(hf_resnet):
+    folder, model = hf_resnet
+    params, report = imagenet.load_backbone_weights(folder, TIMM_BACKBONE)
+    assert report.format == imagenet.HF_RESNET and report.kept == ()
+    assert sorted(params) == sorted(backbone_shapes(TIMM_BACKBONE))
+    assert dict(report.ignored)["classifier.1.weight"] == "classifier head"
+    ours, pixels = our_stages(params)
+    with torch.no_grad():
+        theirs = model.resnet(torch.from_numpy(pixels), output_hidden_states=True).hidden_states[1:]
+    for stage, reference in zip(ours, theirs, strict=True):
+        assert stage.shape == reference.shape and max_diff(stage, reference.numpy()) < 1e-4
+
+
+def test_bad_resnet_checkpoints_are_refused(hf_resnet, timm_resnet, tmp_path):
+    import json
+    import shutil
+
+    folder, _ = hf_resnet
+    other = tmp_path / "stride_in_1x1"
+    shutil.copytree(folder, other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "downsample_in_bottleneck": True}))
+    with pytest.raises(imagenet.BackboneMismatch, match=r"downsample_in_bottleneck: checkpoint True vs model False"):
+        imagenet.load_backbone_weights(other, TIMM_BACKBONE)
+    (other / "config.json").write_text(json.dumps({**config, "model_type": "swin"}))
+    with pytest.raises(ValueError, match=r"model_type 'swin'; expected a ResNet \('resnet'\)"):
+        imagenet.load_backbone_weights(other, TIMM_BACKBONE)
+    wider = ResNetConfig(embedding_size=64, hidden_sizes=(32, 64, 128, 512), depths=TIMM_BACKBONE.depths)
+    with pytest.raises(imagenet.BackboneMismatch, match=r"hidden_sizes: checkpoint \(32, 64, 128, 256\) vs model"):
+        imagenet.load_backbone_weights(folder, wider)
+    pth = tmp_path / "r.pth"
+    torch.save({k: v for k, v in timm_resnet.state_dict().items() if k != "layer4.0.bn3.running_var"}, pth)
+    missing = r"(?s)r.pth \(torchvision/timm ResNet\):.*1 missing:\s+layer4.0.bn3.running_var"
+    with pytest.raises(CheckpointMismatch, match=missing):
+        imagenet.load_backbone_weights(pth, TIMM_BACKBONE)
+    torch.save({"patch_embed.proj.weight": torch.zeros(4, 3, 4, 4)}, pth)
+    with pytest.raises(ValueError, match=r"r.pth is not a ResNet classification checkpoint .*first keys: patch_embed"):
+        imagenet.load_backbone_weights(pth, TIMM_BACKBONE)
 
 
 # --------------------------------------------------------------------------------------- training

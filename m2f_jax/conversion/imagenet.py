@@ -17,6 +17,15 @@ onto ours by conversion.hf's renames and layout changes:
 The classifier head and the final norm are ignored; our per-stage output norms (`hidden_states_norms`)
 keep their initialisation, as the original Mask2Former adds them fresh. Relative position bias tables
 of another window are resized as the official Swin code does when fine-tuning at another window.
+
+ResNet checkpoints (for a ResNetConfig backbone) come in two layouts:
+- torchvision's and timm's (`conv1`, `bn1`, `layer1`..`layer4`, `fc`), e.g. torchvision's
+  resnet50-0676ba61.pth or the hub's timm/resnet50.tv_in1k (the same weights), mapped by
+  conversion.resnet_imagenet;
+- Hugging Face `ResNetModel` / `ResNetForImageClassification` (`resnet.` prefix), whose module names
+  are ours, so conversion.hf's leaf renames apply as they do to a Mask2Former's ResNet backbone.
+Every backbone weight, the frozen BatchNorm statistics included, comes from the checkpoint (none is
+kept at its initialisation); the classifier is ignored.
 """
 
 from __future__ import annotations
@@ -30,10 +39,11 @@ from collections.abc import Mapping
 import numpy as np
 
 from m2f_jax import hub
-from m2f_jax.config import SwinConfig
-from m2f_jax.conversion import hf
+from m2f_jax.config import ResNetConfig, SwinConfig
+from m2f_jax.conversion import hf, resnet_imagenet
 
 HF_SWIN, TIMM_SWIN, OFFICIAL_SWIN = "Hugging Face Swin", "timm Swin", "official Swin"
+TORCHVISION_RESNET, HF_RESNET = "torchvision/timm ResNet", "Hugging Face ResNet"
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 
 # Our backbone parameters that no classification checkpoint has: they keep their initialisation.
@@ -54,6 +64,16 @@ _TORCH_IGNORED = (
     (r"\.attn_mask$", "buffer (recomputed from the window)"),
     (r"num_batches_tracked$", "buffer"),
 )
+_RESNET_IGNORED = {
+    TORCHVISION_RESNET: ((r"^fc\.", "classifier head"), (r"num_batches_tracked$", "buffer")),
+    HF_RESNET: ((r"^classifier\.", "classifier head"), (r"num_batches_tracked$", "buffer")),  # after `resnet.`
+}
+# config.json fields of an HF ResNet that must equal the backbone's (the stride placement does not
+# show in the shapes).
+_HF_RESNET_FIELDS = (
+    "embedding_size", "hidden_sizes", "depths", "num_channels", "layer_type", "downsample_in_first_stage",
+    "downsample_in_bottleneck",
+)  # fmt: skip
 # timm's and the official names -> HF SwinModel's (the downsample rule depends on the layout).
 _TORCH_RENAMES = (
     (r"^patch_embed\.proj\.", "embeddings.patch_embeddings.projection."),
@@ -140,12 +160,17 @@ def read_checkpoint(source: str | os.PathLike, revision: str | None = None) -> t
     return path, state, config
 
 
+def _check_model_type(config: Mapping, expected: str, name: str, where: str) -> None:
+    """ValueError when config.json names another model type than `expected` (a whole Mask2Former named)."""
+    model_type = config.get("model_type")
+    if model_type is not None and model_type != expected:
+        hint = " (a whole Mask2Former: use model.init_from)" if model_type == "mask2former" else ""
+        raise ValueError(f"{where}: config.json says model_type {model_type!r}{hint}; expected a {name} ({expected!r})")
+
+
 def detect_format(state: Mapping[str, np.ndarray], config: Mapping, where: str) -> str:
     """HF_SWIN, TIMM_SWIN or OFFICIAL_SWIN from the keys (and config.json's model_type when there is one)."""
-    model_type = config.get("model_type")
-    if model_type is not None and model_type != "swin":
-        hint = " (a whole Mask2Former: use model.init_from)" if model_type == "mask2former" else ""
-        raise ValueError(f"{where}: config.json says model_type {model_type!r}{hint}; expected a Swin ('swin')")
+    _check_model_type(config, "swin", "Swin", where)
     if any(k in state for k in ("embeddings.patch_embeddings.projection.weight",
                                 "swin.embeddings.patch_embeddings.projection.weight")):  # fmt: skip
         return HF_SWIN
@@ -158,6 +183,20 @@ def detect_format(state: Mapping[str, np.ndarray], config: Mapping, where: str) 
     raise ValueError(
         f"{where} is not a Swin classification checkpoint of a known layout (Hugging Face SwinModel or "
         f"SwinForImageClassification, timm, or the official Swin repository); its first keys: {shown}"
+    )
+
+
+def detect_resnet_format(state: Mapping[str, np.ndarray], config: Mapping, where: str) -> str:
+    """TORCHVISION_RESNET or HF_RESNET from the keys (and config.json's model_type when there is one)."""
+    _check_model_type(config, "resnet", "ResNet", where)
+    if any(k in state for k in ("embedder.embedder.convolution.weight", "resnet.embedder.embedder.convolution.weight")):
+        return HF_RESNET
+    if "conv1.weight" in state and "layer1.0.conv1.weight" in state:
+        return TORCHVISION_RESNET
+    shown = ", ".join(sorted(state)[:8])
+    raise ValueError(
+        f"{where} is not a ResNet classification checkpoint of a known layout (torchvision or timm: conv1, bn1, "
+        f"layer1..layer4, fc; or Hugging Face ResNetModel or ResNetForImageClassification); its first keys: {shown}"
     )
 
 
@@ -291,6 +330,35 @@ def swin_backbone_params(
     return params, ignored, resized
 
 
+# ------------------------------------------------------------------------------------------ ResNet
+def resnet_params(
+    state: Mapping[str, np.ndarray], config: ResNetConfig, fmt: str, file_config: Mapping, where: str
+) -> tuple[dict[str, np.ndarray], list[tuple[str, str]]]:
+    """(our backbone's weights, frozen BatchNorm included, ignored keys with why) of a ResNet checkpoint
+    of format `fmt`; every backbone weight must be there (CheckpointMismatch lists what is not)."""
+    ignored, used = [], {}
+    for key, array in state.items():
+        name = key.removeprefix("resnet.") if fmt == HF_RESNET else key
+        reason = next((why for pattern, why in _RESNET_IGNORED[fmt] if re.search(pattern, name)), None)
+        if reason:
+            ignored.append((key, reason))
+        else:
+            used[name] = array
+    if fmt == TORCHVISION_RESNET:
+        params, _ = resnet_imagenet.resnet_backbone_params(used, config)  # its ignored keys were taken out above
+        return params, ignored
+    found = {f: tuple(v) if isinstance(v, list) else v for f, v in file_config.items() if f in _HF_RESNET_FIELDS}
+    differing = [f"{f}: checkpoint {v} vs model {getattr(config, f)}" for f, v in found.items()
+                 if v != getattr(config, f)]  # fmt: skip
+    if differing:
+        raise BackboneMismatch(
+            f"{where} is a ResNet of another architecture than the model's backbone:\n  " + "\n  ".join(differing)
+        )
+    params, _ = hf.hf_to_flax(used)  # our module names are HF's: only the leaves change
+    hf.check_params(params, resnet_imagenet.backbone_shapes(config))
+    return params, ignored
+
+
 # ------------------------------------------------------------------------------------------ dispatch
 @functools.lru_cache(maxsize=4)
 def _backbone_shapes(config) -> dict[str, tuple[int, ...]]:
@@ -312,9 +380,19 @@ def load_backbone_weights(
     or folder, or a hub id. Dispatched on the backbone config's type, then on the checkpoint's format
     (recognised from its keys); keys are checked both ways and every shape (CheckpointMismatch lists the
     missing, unexpected and mis-shaped ones)."""
-    if not isinstance(backbone_config, SwinConfig):
+    if not isinstance(backbone_config, SwinConfig | ResNetConfig):
         raise TypeError(f"no classification checkpoints are known for {type(backbone_config).__name__} backbones")
     where, state, file_config = read_checkpoint(source, revision)
+    if isinstance(backbone_config, ResNetConfig):
+        fmt = detect_resnet_format(state, file_config, where)
+        try:
+            params, ignored = resnet_params(state, backbone_config, fmt, file_config, where)
+        except hf.CheckpointMismatch as e:
+            raise hf.CheckpointMismatch(f"{where} ({fmt}): {e}") from e
+        report = BackboneReport(
+            source=os.fspath(source), format=fmt, loaded=tuple(sorted(params)), ignored=tuple(ignored), kept=()
+        )
+        return params, report
     fmt = detect_format(state, file_config, where)
     params, ignored, resized = swin_backbone_params(state, backbone_config, fmt, where)
     shapes = dict(_backbone_shapes(backbone_config))
