@@ -25,7 +25,7 @@ from m2f_jax.modeling.resnet import ResNetBackbone
 from m2f_jax.modeling.valid_region import FeatureMap
 from m2f_jax.weights import model_params
 
-from helpers import FAST_COMPILE, max_diff, nhwc, save_random_hf_model, tiny_resnet_config
+from helpers import FAST_COMPILE, max_diff, nhwc, save_random_hf_model, tiny_config, tiny_resnet_config
 from torchvision_stub import import_timm
 
 torch = pytest.importorskip("torch")
@@ -376,6 +376,34 @@ def test_optimizer_groups():
     assert backbone_params and set(groups["backbone"]) == backbone_params
     assert all(name.endswith("convolution.kernel") for name in backbone_params)
     assert not backbone_params & set(groups["no_weight_decay"])
+
+
+def test_backbone_init_places_trained_and_frozen_weights(timm_resnet, tmp_path):
+    """model.backbone_init with a timm ResNet checkpoint: a new run's backbone holds its weights, the
+    BatchNorm statistics and affine weights (frozen, in state.rngs) too; the heads keep their init."""
+    from m2f_jax.training import experiment
+    from m2f_jax.training.backbone_init import BACKBONE
+    from m2f_jax.training.mesh import make_mesh
+
+    from tiny_experiment import get_config
+
+    path = tmp_path / "resnet.pth"
+    torch.save(timm_resnet.state_dict(), path)
+    c = get_config()
+    c.model.backbone_init = str(path)
+    config = tiny_config(backbone_config=TIMM_BACKBONE, num_labels=7, encoder_layers=1, decoder_layers=1)
+    opt_config, _ = experiment.optimizer_config(c)
+    lines = []
+    graphdef, state = experiment.initial_state(c, config, opt_config, make_mesh(1, devices=jax.devices()[:1]), lines)
+    assert lines[0].startswith(f"backbone weights from {path} (torchvision/timm ResNet): ")
+    expected, _ = resnet_backbone_params(state_dict_of(timm_resnet), TIMM_BACKBONE)
+    prefix = ".".join(BACKBONE) + "."
+    weights = model_params(nnx.merge(graphdef, state.params, state.rngs))
+    backbone = {k.removeprefix(prefix): v for k, v in weights.items() if k.startswith(prefix)}
+    assert sorted(backbone) == sorted(expected)
+    assert all(np.array_equal(backbone[k], expected[k]) for k in expected)
+    frozen = {".".join(map(str, p)) for p, _ in nnx.to_flat_state(state.rngs) if "normalization" in map(str, p)}
+    assert len(frozen) == 4 * sum(k.endswith("convolution.kernel") for k in expected)  # in state.rngs, loaded
 
 
 def model_params_shapes(model):
