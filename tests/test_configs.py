@@ -18,12 +18,22 @@ from m2f_jax import configs
 from m2f_jax.data import synthetic
 from m2f_jax.training.validation import FIELDS, problems
 
-ARGS = ("swin_t", "swin_s", "swin_b", "swin_l")
+ARGS = ("swin_t", "swin_s", "swin_b", "swin_l", "r50", "r101")
 RECIPES = (
     "coco_panoptic", "coco_instance", "ade20k_semantic", "cityscapes_semantic", "cityscapes_panoptic",
     "cityscapes_instance",
 )  # fmt: skip
-VARIANT = {"swin_t": "tiny", "swin_s": "small", "swin_b": "base-IN21k", "swin_l": "large"}
+PRESET = {
+    "swin_t": "swin-tiny", "swin_s": "swin-small", "swin_b": "swin-base-IN21k", "swin_l": "swin-large",
+    "r50": "resnet-50", "r101": "resnet-101",
+}  # fmt: skip
+# The ImageNet backbone each recipe starts from: the original's (torchvision's ResNets as timm publishes them).
+IMAGENET = {
+    "swin_t": "microsoft/swin-tiny-patch4-window7-224", "swin_s": "microsoft/swin-small-patch4-window7-224",
+    "swin_b": "microsoft/swin-base-patch4-window12-384-in22k",
+    "swin_l": "microsoft/swin-large-patch4-window12-384-in22k",
+    "r50": "timm/resnet50.tv_in1k", "r101": "timm/resnet101.tv_in1k",
+}  # fmt: skip
 
 # (source, task, default root, preset dataset) of each recipe.
 DATA = {
@@ -74,7 +84,7 @@ def test_recipe_is_valid_on_its_data(name, arg, roots):
     c = load(name, arg)
     source, task, root, dataset = DATA[name]
     assert (c.data.source, c.task, c.data.options.root) == (source, task, root)
-    assert c.model.preset == f"swin-{VARIANT[arg]}-{dataset}-{task}"
+    assert c.model.preset == f"{PRESET[arg]}-{dataset}-{task}"
     c.data.options.root = roots[source]
     assert problems(c, model=False) == []
     assert problems(c) == []  # the preset's config too (max_instances <= num_queries), without building it
@@ -83,8 +93,25 @@ def test_recipe_is_valid_on_its_data(name, arg, roots):
 @pytest.mark.parametrize("name", RECIPES)
 def test_default_argument_is_swin_t_and_others_are_refused(name):
     assert load(name).to_dict() == load(name, "swin_t").to_dict()
-    with pytest.raises(ValueError, match="swin_t"):
+    with pytest.raises(ValueError, match="'swin_t', 'swin_s', 'swin_b', 'swin_l', 'r50', 'r101'"):
         load(name, "resnet50")
+
+
+def test_backbone_fields_follow_the_preset():
+    """A ResNet preset's config has the ResNet fields; a Swin field there, or a ResNet field without a
+    preset (model.* then builds a Swin), is refused by name before any data is opened."""
+    c = load("coco_panoptic", "r50")
+    assert not {"embed_dim", "num_heads", "window_size", "drop_path_rate"} & set(c.model)
+    c.model.embed_dim = 96
+    assert problems(c) == [
+        "model.embed_dim is a Swin backbone field, but model.preset 'resnet-50-coco-panoptic' has a ResNet "
+        "backbone, whose fields are model.embedding_size, model.hidden_sizes, model.depths"
+    ]
+    c = load("coco_panoptic", "swin_t")
+    c.model.preset, c.model.hidden_sizes = "", (256, 512, 1024, 2048)
+    (found,) = problems(c)
+    assert found.startswith("model.hidden_sizes is a ResNet backbone field: without model.preset")
+    assert "a ResNet model needs a ResNet preset (e.g. 'resnet-50-coco-panoptic'" in found
 
 
 @pytest.mark.parametrize("name", RECIPES)
@@ -106,9 +133,16 @@ def _expected(name: str, arg: str) -> dict:
         "optimizer.warmup_steps": 0, "optimizer.accumulation_steps": 1, "loss.class_weight": 2.0,
         "loss.mask_weight": 5.0, "loss.dice_weight": 5.0, "loss.no_object_weight": 0.1, "loss.num_points": 12544,
         "loss.oversample_ratio": 3.0, "loss.importance_sample_ratio": 0.75, "loss.auxiliary": True,
-        "model.num_queries": queries, "model.drop_path_rate": 0.3, "data.augment.flip": True,
-        "data.augment.max_scale": 2.0,
+        "model.num_queries": queries, "data.augment.flip": True, "data.augment.max_scale": 2.0,
+        "model.backbone_init": IMAGENET[arg],
     }  # fmt: skip
+    if arg.startswith("swin"):
+        common["model.drop_path_rate"] = 0.3
+    else:  # detectron2's R50 / R101 (stem 64, bottleneck stages 256..2048)
+        depths = (3, 4, 6, 3) if arg == "r50" else (3, 4, 23, 3)
+        common.update(
+            {"model.depths": depths, "model.hidden_sizes": (256, 512, 1024, 2048), "model.embedding_size": 64}
+        )
     if name.startswith("coco"):
         return {
             **common, "steps": 737_500 if large else 368_750, "optimizer.schedule": "multistep",

@@ -64,20 +64,26 @@ def evaluation(shortest_edge: int, longest_edge: int, *, every: int = 5000, batc
 # ----------------------------------------------------------------------------------------------------
 # The published recipes (reference/FACTS.md, from the original code's configs)
 
-# A recipe file's argument -> the Swin variant of m2f_jax.config's presets. Swin-B is the ImageNet-21k
-# variant, the one FACTS.md's published Swin-B results come from (the same shapes as "base").
-VARIANTS = {"swin_t": "tiny", "swin_s": "small", "swin_b": "base-IN21k", "swin_l": "large"}
-# The ImageNet classification checkpoints the original recipes start the backbone from (Swin-T/S:
-# ImageNet-1k at 224, window 7; Swin-B/L: ImageNet-22k at 384, window 12), as HF hub ids.
+# A recipe file's argument -> the backbone of m2f_jax.config's presets (the start of the preset's name).
+# Swin-B is the ImageNet-21k variant, the one FACTS.md's published Swin-B results come from (the same
+# shapes as "base"); r50 / r101 are the paper's ResNet baselines.
+VARIANTS = {
+    "swin_t": "swin-tiny", "swin_s": "swin-small", "swin_b": "swin-base-IN21k", "swin_l": "swin-large",
+    "r50": "resnet-50", "r101": "resnet-101",
+}  # fmt: skip
+# The ImageNet classification checkpoints the original recipes start the backbone from, as hub ids:
+# Swin-T/S ImageNet-1k at 224, window 7; Swin-B/L ImageNet-22k at 384, window 12; R50/R101
+# torchvision's ImageNet ResNets (detectron2's ImageNetPretrained/torchvision/R-50.pkl and R-101.pkl
+# are those converted), which timm publishes unchanged as resnet50.tv_in1k / resnet101.tv_in1k.
 IMAGENET_BACKBONES = {
-    "tiny": "microsoft/swin-tiny-patch4-window7-224",
-    "small": "microsoft/swin-small-patch4-window7-224",
-    "base-IN21k": "microsoft/swin-base-patch4-window12-384-in22k",
-    "large": "microsoft/swin-large-patch4-window12-384-in22k",
+    "swin-tiny": "microsoft/swin-tiny-patch4-window7-224",
+    "swin-small": "microsoft/swin-small-patch4-window7-224",
+    "swin-base-IN21k": "microsoft/swin-base-patch4-window12-384-in22k",
+    "swin-large": "microsoft/swin-large-patch4-window12-384-in22k",
+    "resnet-50": "timm/resnet50.tv_in1k",
+    "resnet-101": "timm/resnet101.tv_in1k",
 }
 
-# The preset's fields that the experiment config's model.* section repeats (see `model`).
-_BACKBONE_FIELDS = ("embed_dim", "depths", "num_heads", "window_size", "drop_path_rate")
 _HEAD_FIELDS = (
     "num_queries", "hidden_dim", "feature_size", "mask_feature_size", "encoder_feedforward_dim",
     "dim_feedforward", "encoder_layers", "decoder_layers",
@@ -85,32 +91,34 @@ _HEAD_FIELDS = (
 
 
 def preset_name(arg: str | None, dataset: str, task: str) -> str:
-    """The model preset of a recipe argument ("swin_t", ...; None: "swin_t"), e.g. "swin-tiny-coco-panoptic"."""
+    """The model preset of a recipe argument ("swin_t", ..., "r50", "r101"; None: "swin_t"), e.g.
+    "swin-tiny-coco-panoptic" or "resnet-50-coco-panoptic"."""
     arg = arg or "swin_t"
     if arg not in VARIANTS:
         raise ValueError(
             f"unknown backbone {arg!r}: the argument after the config file's ':' is one of {list(VARIANTS)}"
         )
-    return f"swin-{VARIANTS[arg]}-{dataset}-{task}"
+    return f"{VARIANTS[arg]}-{dataset}-{task}"
 
 
 def model(preset_name: str) -> ml_collections.ConfigDict:
     """model.*: `preset` set (it decides the model), and every other field written out with the preset's
-    values, so that the config a run records says what is trained. The backbone starts from the ImageNet
-    classification checkpoint the original recipe used (`backbone_init`: a file, folder or hub id; ""
-    for random weights); `init_from` fine-tunes a whole converted model instead (and needs
-    backbone_init="")."""
+    values (the backbone's: those of its type, training.validation.BACKBONE_FIELDS), so that the config a
+    run records says what is trained. The backbone starts from the ImageNet classification checkpoint the
+    original recipe used (`backbone_init`: a file, folder or hub id; "" for random weights); `init_from`
+    fine-tunes a whole converted model instead (and needs backbone_init="")."""
     from m2f_jax.config import preset
+    from m2f_jax.training.validation import BACKBONE_FIELDS
 
     p = preset(preset_name)
     c = ml_collections.ConfigDict()
     c.preset = preset_name
     c.init_from = ""
     c.keep_matching_labels = True  # init_from with other labels: keep the class outputs of the names in both
-    variant = next(v for v in sorted(IMAGENET_BACKBONES, key=len, reverse=True) if preset_name.startswith(f"swin-{v}-"))
+    variant = next(v for v in sorted(IMAGENET_BACKBONES, key=len, reverse=True) if preset_name.startswith(f"{v}-"))
     c.backbone_init = IMAGENET_BACKBONES[variant]
-    for name in _BACKBONE_FIELDS:
-        c[name] = getattr(p.backbone_config, name)
+    for field in BACKBONE_FIELDS[type(p.backbone_config)]:
+        c[field.removeprefix("model.")] = getattr(p.backbone_config, field.removeprefix("model."))
     for name in _HEAD_FIELDS:
         c[name] = getattr(p, name)
     return c

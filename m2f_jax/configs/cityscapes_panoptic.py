@@ -8,14 +8,16 @@ Recipe (reference/FACTS.md and detectron2's Cityscapes settings, `_base.cityscap
 0.5-2.0 x 1024 (long side at most 4096), 512x1024 crop, photometric distortion, flip; batch 16,
 90,000 steps, poly (power 0.9), the paper's loss and optimizer. It aims at the original's published
 Cityscapes PQ, which reference/FACTS.md does not list yet. The published runs start from ImageNet-pretrained
-backbones, and so does this recipe (`model.backbone_init`: the ImageNet Swin the original used, a hub
-id; "" trains from random weights).
+backbones, and so does this recipe (`model.backbone_init`: the ImageNet Swin or torchvision ResNet the
+original used, a hub id; "" trains from random weights). r50 / r101: the original's Cityscapes ResNet
+configs train the BatchNorms (SyncBN); here they stay frozen, as in its COCO and ADE20K R50 configs.
 
     python train.py --config configs/cityscapes_panoptic.py:swin_t --workdir runs/cityscapes_panoptic_swin_t
     python train.py --config configs/cityscapes_panoptic.py:swin_l --workdir runs/cityscapes_panoptic_swin_l \\
         --config.data.options.root=/datasets/cityscapes
+    python train.py --config configs/cityscapes_panoptic.py:r50 --workdir runs/cityscapes_panoptic_r50
 
-The argument after ':' is swin_t (the default), swin_s, swin_b or swin_l.
+The argument after ':' is swin_t (the default), swin_s, swin_b, swin_l, r50 or r101.
 """
 
 import ml_collections

@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from m2f_jax.config import ResNetConfig, SwinConfig
 from m2f_jax.data.sources import SOURCES
 from m2f_jax.data.transforms import KINDS
 from m2f_jax.modeling.layers import REMAT_POLICIES
@@ -142,10 +143,6 @@ FIELDS: dict[str, Check] = {
     "model.preset": _preset,
     "model.init_from": folder_or_empty,
     "model.backbone_init": checkpoint_or_empty,  # ImageNet weights for a new run's backbone (conversion.imagenet)
-    "model.embed_dim": POSITIVE,
-    "model.depths": integers(4, low=1),  # Mask2Former reads all four Swin stages
-    "model.num_heads": integers(4, low=1),
-    "model.window_size": POSITIVE,
     "model.num_queries": POSITIVE,
     "model.hidden_dim": POSITIVE,
     "model.feature_size": POSITIVE,
@@ -154,7 +151,6 @@ FIELDS: dict[str, Check] = {
     "model.dim_feedforward": POSITIVE,
     "model.encoder_layers": POSITIVE,
     "model.decoder_layers": POSITIVE,
-    "model.drop_path_rate": number(0, 1, high_open=True),
     "loss.class_weight": number(0),
     "loss.mask_weight": number(0),
     "loss.dice_weight": number(0),
@@ -181,6 +177,23 @@ FIELDS: dict[str, Check] = {
     "log_every": POSITIVE,
     "checkpoint_every": POSITIVE,
     "keep_checkpoints": POSITIVE,  # 0 would let orbax delete every checkpoint, the resumed one too
+}
+
+# The backbone's fields of model.*, by the type of backbone: a ResNet preset's config has the ResNet ones,
+# any other config the Swin ones (without a preset, model.* builds a Swin: a ResNet needs a preset).
+BACKBONE_FIELDS: dict[type, dict[str, Check]] = {
+    SwinConfig: {
+        "model.embed_dim": POSITIVE,
+        "model.depths": integers(4, low=1),  # Mask2Former reads all four stages
+        "model.num_heads": integers(4, low=1),
+        "model.window_size": POSITIVE,
+        "model.drop_path_rate": number(0, 1, high_open=True),
+    },
+    ResNetConfig: {
+        "model.embedding_size": POSITIVE,
+        "model.hidden_sizes": integers(4, low=1),
+        "model.depths": integers(4, low=1),
+    },
 }
 
 # Fields a config may leave out (m2f_jax.training.optimizer.OptimizerConfig's defaults apply).
@@ -240,19 +253,25 @@ def problems(c: Any, model: bool = True) -> list[str]:
     tree = as_dict(c)
     options = tree.get("data", {}).get("options") if isinstance(tree.get("data"), Mapping) else None
     flat = {k: v for k, v in flatten(tree).items() if not k.startswith("data.options.")}
-    known = {k: v for k, v in {**FIELDS, **OPTIONAL_FIELDS}.items() if model or not k.startswith("model.")}
+    kind = _backbone_type(flat.get("model.preset"))
+    required = {**FIELDS, **BACKBONE_FIELDS[kind]}
+    known = {k: v for k, v in {**required, **OPTIONAL_FIELDS}.items() if model or not k.startswith("model.")}
     if not model:
         flat = {k: v for k, v in flat.items() if not k.startswith("model.")}
     found = []
     if not isinstance(options, Mapping):
         found.append(f"data.options must be a dict of the data source's options (may be empty), got {options!r}")
     for name in sorted(set(flat) - set(known) - {"data.options"}):
+        other = next((t for t, fields in BACKBONE_FIELDS.items() if name in fields), None)
+        if other is not None:
+            found.append(_other_backbone_field(name, other, kind, flat.get("model.preset")))
+            continue
         close = difflib.get_close_matches(name, list(known), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         found.append(f"{name} is not a known field{hint}; the fields are listed in docs/training.md")
     for name, check in known.items():
         if name not in flat:
-            if name in FIELDS:
+            if name in required:
                 # A group written as a leaf shows up here too (e.g. data = 3).
                 found.append(f"{name} is missing")
             continue
@@ -288,6 +307,27 @@ def problems(c: Any, model: bool = True) -> list[str]:
     if model and not found:
         found.extend(_model_problems(c))
     return found
+
+
+def _backbone_type(preset_name: Any) -> type:
+    """The backbone config type of model.preset's model; SwinConfig without one (model.* builds a Swin)."""
+    from m2f_jax.config import preset
+
+    return type(preset(preset_name).backbone_config) if preset_name and _preset(preset_name) is None else SwinConfig
+
+
+def _other_backbone_field(name: str, other: type, kind: type, preset_name: Any) -> str:
+    """Why a field of another backbone type than the config's is refused."""
+    other_name, kind_name = other.__name__.removesuffix("Config"), kind.__name__.removesuffix("Config")
+    if preset_name:
+        return (
+            f"{name} is a {other_name} backbone field, but model.preset {preset_name!r} has a {kind_name} "
+            f"backbone, whose fields are {', '.join(BACKBONE_FIELDS[kind])}"
+        )
+    return (
+        f"{name} is a {other_name} backbone field: without model.preset the model.* fields build a Swin; a "
+        "ResNet model needs a ResNet preset (e.g. 'resnet-50-coco-panoptic', m2f_jax.preset_names())"
+    )
 
 
 def _data_problems(c: Any, training: bool = True) -> list[str]:
