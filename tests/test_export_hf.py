@@ -19,7 +19,7 @@ from m2f_jax import weights
 from m2f_jax.conversion import cli, hf, to_hf
 from m2f_jax.processing.preprocess import ImageProcessor
 
-from helpers import max_diff, save_random_hf_model, tiny_config
+from helpers import max_diff, save_random_hf_model, tiny_config, tiny_resnet_config
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -134,6 +134,25 @@ def test_a_model_initialised_here_predicts_the_same_in_transformers(tmp_path):
     assert max_diff(out.class_queries_logits, class_logits) < 1e-4
     assert max_diff(out.masks_queries_logits, mask_logits) < 1e-4
     assert ImageProcessor.from_pretrained(tmp_path / "hf") == processor
+
+
+def test_resnet_backbone_round_trip(tmp_path):
+    """A ResNet-backbone model (frozen BatchNorm statistics included) goes out whole: transformers loads
+    the export with nothing missing (torch's BatchNorm step counters are written too) and the same tensors."""
+    reference = save_random_hf_model(tiny_resnet_config(), tmp_path / "hf", seed=2)
+    m2f_jax.export_hf(str(tmp_path / "hf"), tmp_path / "exported")
+    model, info = transformers.Mask2FormerForUniversalSegmentation.from_pretrained(
+        str(tmp_path / "exported"), output_loading_info=True
+    )
+    assert info == {"missing_keys": set(), "unexpected_keys": set(), "mismatched_keys": set(), "error_msgs": []}
+    ours, theirs = model.state_dict(), reference.state_dict()
+    assert sorted(ours) == sorted(theirs)
+    assert any(key.endswith("normalization.running_var") for key in ours)
+    for key in theirs:
+        assert torch.equal(ours[key], theirs[key]), key
+    pixels = np.random.RandomState(0).randn(1, 64, 64, 3).astype(np.float32)
+    for a, b in zip(hf_logits(model.eval(), pixels), hf_logits(reference, pixels), strict=True):
+        assert max_diff(a, b) == 0.0
 
 
 # ------------------------------------------------------------------------------ (iv) bad inputs

@@ -129,6 +129,9 @@ def flax_to_hf(params: Mapping[str, np.ndarray], config: Mask2FormerConfig | Non
         if key in state:
             raise ValueError(f"{key} is written twice (a parameter path maps onto a fused or computed tensor)")
         state[key] = array
+    if config is not None:  # torch's BatchNorm also saves a step counter, which frozen statistics never use
+        for key in [k for k in state if k.endswith(".running_mean")]:
+            state[key.removesuffix("running_mean") + "num_batches_tracked"] = np.zeros((), np.int64)
     return state
 
 
