@@ -13,3 +13,7 @@ if [ -n "$extras" ]; then
   target=".[${extras}]"
 fi
 python -m pip install --quiet --constraint constraints.txt -e "$target"
+if [[ ",$extras," == *",test,"* ]]; then
+  # timm without torchvision (see pyproject.toml's test extra): its other needs come with the above.
+  python -m pip install --quiet --no-deps --constraint constraints.txt timm
+fi
