@@ -71,7 +71,12 @@ def test_swin_checkpoint_matches_the_original_model(swin_model):
         [f"backbone.layers.{i}.blocks.{j}.attn.relative_position_index" for i in range(4) for j in range(2)]
         + ["criterion.empty_weight"]
     )
-    reference = np.load(os.path.join(DATA, "original_swin_outputs.npz"))
+    assert_outputs_match(model, "original_swin_outputs.npz")
+
+
+def assert_outputs_match(model, outputs_file: str) -> None:
+    """Our jitted model on the fixture input gives the original model's outputs (saved in `outputs_file`)."""
+    reference = np.load(os.path.join(DATA, outputs_file))
     pixels = fixture_input().transpose(0, 2, 3, 1)
     out = jax.jit(lambda m, x: m(x), compiler_options=FAST_COMPILE)(model, pixels)
     assert max_diff(out.class_queries_logits, reference["pred_logits"]) < 1e-4
@@ -225,11 +230,7 @@ def test_resnet_checkpoint_matches_the_original_model():
         tuple(RESNET["depths"]),
     )
     assert ignored == ["criterion.empty_weight"]
-    reference = np.load(os.path.join(DATA, "original_resnet_outputs.npz"))
-    pixels = fixture_input().transpose(0, 2, 3, 1)
-    out = jax.jit(lambda m, x: m(x), compiler_options=FAST_COMPILE)(model, pixels)
-    assert max_diff(out.class_queries_logits, reference["pred_logits"]) < 1e-4
-    assert max_diff(out.masks_queries_logits, reference["pred_masks"]) < 1e-4
+    assert_outputs_match(model, "original_resnet_outputs.npz")
 
 
 def test_basic_block_resnets_are_refused_with_their_shape():
