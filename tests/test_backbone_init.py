@@ -80,7 +80,8 @@ class Built(Exception):
 
 
 def test_read_before_the_init_and_not_on_resume(setup, monkeypatch):
-    """A bad checkpoint fails before the random state is built; a resumed run does not read it at all."""
+    """A bad checkpoint fails before the random state is built; a resumed run reads neither backbone_init
+    nor init_from (its checkpoint holds every weight)."""
     c, config, opt_config, mesh = setup
 
     def builder(*args):
@@ -91,7 +92,10 @@ def test_read_before_the_init_and_not_on_resume(setup, monkeypatch):
     with pytest.raises(FileNotFoundError, match="/nonexistent/swin.pth does not exist"):
         experiment.initial_state(c, config, opt_config, mesh)
     with pytest.raises(Built):
-        experiment.initial_state(c, config, opt_config, mesh, load_backbone=False)
+        experiment.initial_state(c, config, opt_config, mesh, load_weights=False)
+    c.model.backbone_init, c.model.init_from = "", "/nonexistent/checkpoint"  # a resume reads neither
+    with pytest.raises(Built):
+        experiment.initial_state(c, config, opt_config, mesh, load_weights=False)
 
 
 @pytest.mark.parametrize(

@@ -110,7 +110,7 @@ def main(argv) -> int:
     opt_config, schedule = experiment.optimizer_config(c)
     initial_weights: list[str] = []  # where the initial weights came from (printed and recorded when not resuming)
     graphdef, state = experiment.initial_state(
-        c, model_config, opt_config, mesh, report=initial_weights, load_backbone=resume_from is None
+        c, model_config, opt_config, mesh, report=initial_weights, load_weights=resume_from is None
     )
     step_fn = experiment.jitted_train_step(c, model_config, graphdef, opt_config, state, mesh)
     skipped: list[str] = []  # this process's samples that could not be read, since this start

@@ -169,14 +169,14 @@ def initial_state(
     opt_config: OptimizerConfig,
     mesh,
     report: list[str] | None = None,
-    load_backbone: bool = True,
+    load_weights: bool = True,
 ) -> tuple[nnx.GraphDef, TrainState]:
     """(graphdef, TrainState) placed on the mesh: random weights created directly in their
-    shards, the backbone's then replaced by `model.backbone_init`'s (unless load_backbone=False: a
-    resumed run restores them from its checkpoint), or the weights of `model.init_from` (onto the
-    data's labels: see training.finetune). `report`, when given, receives lines saying where the
-    initial weights came from."""
-    if c.model.init_from:
+    shards, the backbone's then replaced by `model.backbone_init`'s, or the weights of
+    `model.init_from` (onto the data's labels: see training.finetune). load_weights=False reads
+    neither (a resumed run restores every weight from its checkpoint: the random state only gives the
+    structure). `report`, when given, receives lines saying where the initial weights came from."""
+    if c.model.init_from and load_weights:
         from m2f_jax.training.finetune import load_for_labels
 
         model, lines = load_for_labels(
@@ -186,7 +186,7 @@ def initial_state(
             report.extend(lines)
         graphdef, state = init_state(model, build_optimizer(opt_config, parameter_groups(model)), c.seed)
         return graphdef, jax.device_put(state, state_sharding(mesh, state))
-    source = c.model.get("backbone_init") if load_backbone else None
+    source = c.model.get("backbone_init") if load_weights else None
     backbone = None
     if source:  # read and checked before the random state is built
         backbone, lines = backbone_init.load(source, config.backbone_config)
